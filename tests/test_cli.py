@@ -1,0 +1,67 @@
+"""The command line: every user mistake is one clear line and a non-zero exit, never a traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from tinyvlm.cli import main
+from tinyvlm.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from conftest import make_shapes_dataset
+    root = tmp_path_factory.mktemp("cli")
+    data = make_shapes_dataset(root / "shapes")
+    train(TrainConfig(data=str(data), out=str(root / "run"), preset="nano", steps=5, batch_size=4,
+                      vocab_size=300, progress=False))
+    return root
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def test_missing_image_names_the_file(capsys, model_dir):
+    code, err = _err(capsys, ["describe", str(model_dir / "nope.png"), "--model", str(model_dir / "run")])
+    assert code == 2 and len(err) == 1 and "nope.png" in err[0] and "not found" in err[0]
+
+
+def test_corrupt_image_names_the_file(capsys, model_dir):
+    bad = model_dir / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    code, err = _err(capsys, ["describe", str(bad), "--model", str(model_dir / "run")])
+    assert code == 2 and len(err) == 1 and "broken.png" in err[0]
+
+
+def test_unknown_preset_lists_valid(capsys):
+    code, err = _err(capsys, ["info", "--preset", "huge"])
+    assert code == 2 and "nano, mini, base, large" in err[0]
+
+
+def test_model_without_weights(capsys, model_dir, tmp_path):
+    import shutil
+    d = tmp_path / "m"
+    shutil.copytree(model_dir / "run" / "checkpoint", d)
+    (d / "model.safetensors").unlink()
+    code, err = _err(capsys, ["describe", str(model_dir / "shapes/images/000.png"), "--model", str(d)])
+    assert code == 2 and len(err) == 1 and "no model.safetensors" in err[0]
+
+
+def test_resume_with_different_config(capsys, model_dir):
+    code, err = _err(capsys, ["train", "--data", str(model_dir / "shapes/data.jsonl"), "--out", str(model_dir / "run"),
+                              "--preset", "nano", "--steps", "5", "--batch-size", "8", "--vocab-size", "300",
+                              "--resume", "--quiet"])
+    assert code == 2 and len(err) == 1 and "batch_size was 4, now 8" in err[0]
+
+
+def test_describe_and_ask_run_from_the_shell(model_dir):
+    run = [sys.executable, "-m", "tinyvlm"]
+    img = str(model_dir / "shapes/images/000.png")
+    out = subprocess.run(run + ["describe", img, img, "--model", str(model_dir / "run"), "--max-new-tokens", "5"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.count(img) == 2  # one line per image
+    info = subprocess.run(run + ["info", "--model", str(model_dir / "run")], capture_output=True, text=True, check=True)
+    assert "total" in info.stdout and "image tokens" in info.stdout

@@ -1,0 +1,129 @@
+"""Model, tokenizer and decoding: shapes, parameter budgets, cache correctness, save/load."""
+import math
+
+import pytest
+import torch
+
+from tinyvlm.api import TinyVLM
+from tinyvlm.config import PAPER_PARAMS, get_preset
+from tinyvlm.errors import TinyVLMError
+from tinyvlm.generate import Sampling, generate
+from tinyvlm.model import VisionLanguageModel
+from tinyvlm.tokenizer import BOS_ID, EOS_ID, IMAGE_ID, SEP_ID, SPECIALS, Tokenizer
+
+
+@pytest.mark.parametrize("name", ["mini", "base", "large"])
+def test_presets_match_paper_sizes(name):
+    total = VisionLanguageModel(get_preset(name)).num_params()["total"]
+    assert abs(total / PAPER_PARAMS[name] - 1) <= 0.15, total
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(TinyVLMError, match="nano, mini, base, large"):
+        get_preset("huge")
+
+
+def test_bad_geometry_is_a_clear_error():
+    with pytest.raises(TinyVLMError, match="multiple of patch size"):
+        get_preset("nano", vit_image_size=30)
+
+
+def _tokenizer():
+    return Tokenizer.train(["a red ball on the grass.", "a blue cup in the room.", "What colour is the ball? red"] * 5, 300)
+
+
+def test_tokenizer_specials_and_example_layout():
+    tok = _tokenizer()
+    assert [tok.tk.token_to_id(s) for s in SPECIALS] == list(range(len(SPECIALS)))
+    ids, n_prompt = tok.encode_example("<image> What colour?", image_tokens=3, target="red")
+    assert ids[0] == BOS_ID and ids[1:4] == [IMAGE_ID] * 3 and ids[n_prompt - 1] == SEP_ID and ids[-1] == EOS_ID
+    assert tok.decode(ids[n_prompt:]) == "red"
+    # the protocol's prefix tokenises exactly like the start of the full text
+    full, n = tok.encode_example("<image>", 3, target="a red ball on the grass.")
+    part, m = tok.encode_example("<image>", 3, prefix="a red ball")
+    assert full[:m] == part
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return VisionLanguageModel(get_preset("nano", dropout=0.0, **kw)).eval()
+
+
+def _prompts(cfg):
+    n = cfg.image_tokens
+    return [[BOS_ID] + [IMAGE_ID] * n + [SEP_ID, 40, 41, 42], [BOS_ID] + [IMAGE_ID] * n + [SEP_ID]]
+
+
+def test_kv_cache_matches_full_recompute():
+    m = _model()
+    images = torch.randn(2, 3, 32, 32)
+    s = Sampling(max_new_tokens=30)
+    cached = generate(m, _prompts(m.cfg), images, s, use_cache=True)
+    full = generate(m, _prompts(m.cfg), images, s, use_cache=False)
+    assert cached == full and len(cached[0]) == 30
+
+
+def test_batched_rows_decode_as_if_alone():
+    m = _model()
+    images = torch.randn(2, 3, 32, 32)
+    both = generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=20))
+    alone = [generate(m, [p], images[i:i + 1], Sampling(max_new_tokens=20))[0] for i, p in enumerate(_prompts(m.cfg))]
+    assert both == alone
+
+
+def test_sampling_is_seeded_and_differs_from_greedy():
+    m = _model()
+    images = torch.randn(2, 3, 32, 32)
+    s = Sampling(max_new_tokens=20, temperature=1.5, top_k=50, top_p=0.95, repetition_penalty=1.3, seed=7)
+    a, b = generate(m, _prompts(m.cfg), images, s), generate(m, _prompts(m.cfg), images, s)
+    assert a == b
+    assert a != generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=20))
+
+
+def test_eos_stops_generation():
+    m = _model()
+    with torch.no_grad():  # make <|eos|> the most likely next token everywhere
+        m.decoder.head.weight.zero_()
+        m.decoder.head.weight[EOS_ID] = 1.0
+        m.decoder.ln.bias.fill_(1.0)
+    assert generate(m, _prompts(m.cfg), torch.randn(2, 3, 32, 32), Sampling(max_new_tokens=10)) == [[], []]
+
+
+def test_pixel_shuffle_shortens_image_tokens():
+    m = _model(mp_pixel_shuffle=2)
+    assert m.cfg.image_tokens == (32 // 8 // 2) ** 2 + 1
+    ids = torch.tensor([[BOS_ID] + [IMAGE_ID] * m.cfg.image_tokens + [SEP_ID, 9]])
+    logits, _ = m(ids, torch.randn(1, 3, 32, 32))
+    assert logits.shape == (1, ids.shape[1], m.cfg.lm_vocab_size)
+
+
+def test_slot_count_mismatch_is_an_error():
+    m = _model()
+    ids = torch.tensor([[BOS_ID, IMAGE_ID, SEP_ID]])
+    with pytest.raises(TinyVLMError, match="image-token slots"):
+        m(ids, torch.randn(1, 3, 32, 32))
+
+
+def test_save_load_round_trip_gives_identical_logits(tmp_path):
+    vlm = TinyVLM(_model(), _tokenizer())
+    vlm.save_pretrained(tmp_path / "m")
+    loaded = TinyVLM.from_pretrained(tmp_path / "m")
+    ids = torch.tensor(_prompts(vlm.cfg)[:1])
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vlm.model(ids, images)[0], loaded.model(ids, images)[0])
+    assert loaded.tokenizer.encode("a red ball") == vlm.tokenizer.encode("a red ball")
+
+
+def test_model_dir_without_weights_is_a_clear_error(tmp_path):
+    vlm = TinyVLM(_model(), _tokenizer())
+    vlm.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(TinyVLMError, match="no model.safetensors"):
+        TinyVLM.from_pretrained(tmp_path / "m")
+
+
+def test_over_long_prompt_is_rejected():
+    m = _model()
+    with pytest.raises(TinyVLMError, match="too long"):
+        generate(m, [[BOS_ID] + [40] * m.cfg.lm_max_len], None)

@@ -1,0 +1,85 @@
+"""Training: a nano model learns a tiny dataset; interrupted runs resume exactly; bad resumes fail."""
+import json
+import math
+
+import pytest
+
+from conftest import make_shapes_dataset
+from tinyvlm.api import TinyVLM
+from tinyvlm.errors import TinyVLMError
+from tinyvlm.train import Trainer, TrainConfig, train
+
+
+def _cfg(tmp_path, data, **kw):
+    base = dict(data=str(data), out=str(tmp_path / "run"), preset="nano", steps=60, batch_size=8, lr=3e-3,
+                warmup=5, vocab_size=300, eval_every=20, save_every=30, log_every=5, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _metrics(run):
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_nano_learns_to_see(tmp_path):
+    """32 pictures, 4 colours x 2 shapes. A model blind to the image can at best spend ln4 + ln2
+    nats per caption guessing colour and shape; we require well under half of that per target
+    token on held-out pictures, so the model must be reading the image."""
+    train_file = make_shapes_dataset(tmp_path / "train", n=32, seed=0)
+    val_file = make_shapes_dataset(tmp_path / "val", n=16, seed=1)
+    vlm = train(_cfg(tmp_path, train_file, val_data=str(val_file), steps=150, batch_size=16, eval_every=50))
+    n_target = len(vlm.tokenizer.encode("a red square on a white page.")) + 1  # + <|eos|>
+    blind = (math.log(4) + math.log(2)) / n_target
+    val = [r["val_loss"] for r in _metrics(tmp_path / "run") if "val_loss" in r]
+    assert val[-1] < 0.5 * blind, (val, blind)
+    assert vlm.describe(str(tmp_path / "val/images/002.png")) == "a blue square on a white page."
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, shapes, monkeypatch):
+    train(_cfg(tmp_path / "a", shapes))
+    straight = _metrics(tmp_path / "a" / "run")
+
+    real_log = Trainer._log
+
+    def crash_at_45(self, row):
+        if row.get("step") == 45:
+            raise KeyboardInterrupt
+        real_log(self, row)
+
+    monkeypatch.setattr(Trainer, "_log", crash_at_45)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path / "b", shapes))
+    monkeypatch.setattr(Trainer, "_log", real_log)
+    train(_cfg(tmp_path / "b", shapes), resume=True)
+    resumed = _metrics(tmp_path / "b" / "run")
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    for a, b in zip(straight, resumed):
+        key = "loss" if "loss" in a else "val_loss"
+        assert b[key] == pytest.approx(a[key], abs=1e-4)
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path, shapes):
+    train(_cfg(tmp_path, shapes, steps=10, save_every=10))
+    with pytest.raises(TinyVLMError, match="lr was 0.003, now 0.01"):
+        train(_cfg(tmp_path, shapes, steps=10, lr=1e-2), resume=True)
+    with pytest.raises(TinyVLMError, match="already holds a training run"):
+        train(_cfg(tmp_path, shapes, steps=10))
+
+
+def test_minutes_budget_becomes_a_fixed_step_count(tmp_path, shapes):
+    train(_cfg(tmp_path, shapes, steps=None, minutes=0.05))
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["total_steps"] >= 1 and state["elapsed"] < 0.05 * 60 * 1.5
+    assert TinyVLM.from_pretrained(tmp_path / "run").cfg.vit_image_size == 32
+
+
+def test_config_errors_are_clear(tmp_path, shapes):
+    with pytest.raises(TinyVLMError, match="training budget"):
+        TrainConfig(data=str(shapes), out=str(tmp_path), preset="nano")
+    with pytest.raises(TinyVLMError, match="unknown preset 'tiny'"):
+        TrainConfig(data=str(shapes), out=str(tmp_path), preset="tiny", steps=1)
+    with pytest.raises(TinyVLMError, match="dataset not found"):
+        train(_cfg(tmp_path, tmp_path / "nope.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(TinyVLMError, match="empty"):
+        train(_cfg(tmp_path, tmp_path / "empty.jsonl"))

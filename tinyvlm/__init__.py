@@ -1,0 +1,1 @@
+"""tinyvlm: small vision-language models you can train on a CPU."""

@@ -1,0 +1,112 @@
+"""`TinyVLM`: a trained model with its tokenizer, loaded from and saved to a directory, with the
+calls a user wants — describe a picture, complete a description, answer a question."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, atomic_dir, read_json, resolve
+from .config import VLMConfig
+from .data.batches import ask_prompt, describe_prompt
+from .data.images import preprocess
+from .errors import TinyVLMError
+from .generate import Sampling, generate
+from .model import VisionLanguageModel
+from .tokenizer import Tokenizer
+
+ImageLike = "str | os.PathLike | Image.Image"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' takes CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+class TinyVLM:
+    def __init__(self, model: VisionLanguageModel, tokenizer: Tokenizer, image_fit: str = "pad"):
+        self.model, self.tokenizer, self.image_fit = model, tokenizer, image_fit
+        self.cfg = model.cfg
+
+    # --- files -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "TinyVLM":
+        d = resolve(path)
+        meta = read_json(d / CONFIG)
+        cfg = VLMConfig.from_dict(meta.get("model", {}))
+        model = VisionLanguageModel(cfg)
+        try:
+            state = load_file(d / WEIGHTS)
+        except (SafetensorError, OSError) as e:
+            raise TinyVLMError(f"cannot read weights {d / WEIGHTS}: {e}") from None
+        if cfg.lm_tie_weights:
+            state.setdefault("decoder.head.weight", state["decoder.tok.weight"])
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise TinyVLMError(f"{d / WEIGHTS} does not match {CONFIG}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model.to(pick_device(device)).eval()
+        return cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"))
+
+    def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
+        with atomic_dir(path) as tmp:
+            self.write_files(tmp)
+            for name, data in (extra_files or {}).items():
+                (tmp / name).write_bytes(data)
+        return Path(path)
+
+    def write_files(self, d: Path) -> None:
+        meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": "tinyvlm/1"}
+        (d / CONFIG).write_text(json.dumps(meta, indent=2))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        if self.cfg.lm_tie_weights:
+            state.pop("decoder.head.weight")
+        save_file(state, d / WEIGHTS)
+        self.tokenizer.save(d / TOKENIZER)
+
+    # --- use -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def pixels(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        return torch.stack([preprocess(im, self.cfg.vit_image_size, self.image_fit) for im in images])
+
+    def generate(self, prompts: Sequence[str], images: Sequence[Sequence[ImageLike]], prefixes: Sequence[str] | None = None,
+                 sampling: Sampling | None = None, use_cache: bool = True) -> list[str]:
+        """The general call: each prompt holds one <image> slot per image of its row. With a
+        prefix, the answer starts with it and the model continues (the paper's protocol)."""
+        prefixes = prefixes or [""] * len(prompts)
+        ids = [self.tokenizer.encode_example(p, self.cfg.image_tokens, prefix=pre)[0] for p, pre in zip(prompts, prefixes)]
+        flat = [im for row in images for im in row]
+        pix = self.pixels(flat) if flat else None
+        out = generate(self.model, ids, pix, sampling or Sampling(), use_cache)
+        return [self.tokenizer.decode(self.tokenizer.encode(pre) + o) for pre, o in zip(prefixes, out)]
+
+    def describe(self, images: ImageLike | Sequence[ImageLike], style: str = "short", prefix: str = "",
+                 sampling: Sampling | None = None) -> str | list[str]:
+        """Describe one image (-> str) or a batch (-> list). `style`: 'short' or 'long'."""
+        single = not isinstance(images, (list, tuple))
+        batch = [images] if single else list(images)
+        if style not in ("short", "long"):
+            raise TinyVLMError(f"unknown style '{style}': use 'short' or 'long'")
+        s = sampling or Sampling(max_new_tokens=48 if style == "short" else 128)
+        out = self.generate([describe_prompt(style)] * len(batch), [[im] for im in batch], [prefix] * len(batch), s)
+        return out[0] if single else out
+
+    def ask(self, image: ImageLike, question: str, sampling: Sampling | None = None) -> str:
+        if not question.strip():
+            raise TinyVLMError("the question is empty")
+        return self.generate([ask_prompt(question)], [[image]], sampling=sampling or Sampling(max_new_tokens=16))[0]

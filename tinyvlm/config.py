@@ -1,0 +1,82 @@
+"""Model configuration and the named presets (NanoVLMs, arXiv 2502.07838, Table 1).
+
+Fields are prefixed by component: `vit_` vision encoder, `mp_` connector (modality projector),
+`lm_` language decoder. Everything a preset fixes can be overridden, so a 64-px image for a fast
+CPU run is a config value, not a fork.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import TinyVLMError
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    # vision encoder (ViT): conv patch embedding + [CLS] + learned positions + pre-LN blocks
+    vit_image_size: int = 224
+    vit_patch_size: int = 16
+    vit_width: int = 400
+    vit_depth: int = 1
+    vit_heads: int = 8
+    vit_mlp_ratio: float = 4.0
+    # connector: optional pixel-shuffle (fewer, wider image tokens), then Linear + GELU
+    mp_pixel_shuffle: int = 1
+    # causal decoder
+    lm_width: int = 96
+    lm_depth: int = 4
+    lm_heads: int = 8
+    lm_mlp_ratio: float = 4.0
+    lm_vocab_size: int = 12288  # the reference size presets are counted at; set from the tokenizer
+    lm_max_len: int = 512       # image tokens + text tokens
+    lm_tie_weights: bool = False
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.vit_image_size % self.vit_patch_size:
+            raise TinyVLMError(f"image size {self.vit_image_size} is not a multiple of patch size {self.vit_patch_size}")
+        grid = self.vit_image_size // self.vit_patch_size
+        if grid % self.mp_pixel_shuffle:
+            raise TinyVLMError(f"patch grid {grid} is not divisible by pixel-shuffle factor {self.mp_pixel_shuffle}")
+        for name, width, heads in (("vit", self.vit_width, self.vit_heads), ("lm", self.lm_width, self.lm_heads)):
+            if width % heads:
+                raise TinyVLMError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
+        if self.image_tokens >= self.lm_max_len:
+            raise TinyVLMError(f"{self.image_tokens} image tokens do not fit in lm_max_len {self.lm_max_len}")
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens one image occupies in the decoder: the patch grid after pixel-shuffle, plus [CLS]."""
+        grid = self.vit_image_size // self.vit_patch_size // self.mp_pixel_shuffle
+        return grid * grid + 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VLMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise TinyVLMError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+PRESETS: dict[str, VLMConfig] = {
+    # for unit tests: trains in seconds
+    "nano": VLMConfig(vit_image_size=32, vit_patch_size=8, vit_width=64, vit_depth=1, vit_heads=4,
+                      lm_width=64, lm_depth=2, lm_heads=4, lm_vocab_size=512, lm_max_len=256),
+    # the paper's three sizes (224 px, 16 px patches)
+    "mini": VLMConfig(vit_width=400, vit_depth=1, vit_heads=8, lm_width=96, lm_depth=4, lm_heads=8),
+    "base": VLMConfig(vit_width=512, vit_depth=3, vit_heads=8, lm_width=128, lm_depth=8, lm_heads=8),
+    "large": VLMConfig(vit_width=512, vit_depth=5, vit_heads=8, lm_width=192, lm_depth=10, lm_heads=16),
+}
+PAPER_PARAMS = {"mini": 5e6, "base": 16e6, "large": 25e6}
+
+
+def get_preset(name: str, **overrides) -> VLMConfig:
+    """A preset by name, with any field overridden (None values are ignored)."""
+    if name not in PRESETS:
+        raise TinyVLMError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,107 @@
+"""Record sources that training reads from: one JSONL file, or a folder of JSONL shards.
+
+Both give records in a seeded, per-epoch shuffled order, so a resumed run sees exactly the data
+the uninterrupted run would have seen. Shards are read one at a time (shard order shuffled, then
+records within the shard shuffled), so memory stays flat however large the dataset grows.
+
+Shard layout written by `write_shards` (and `tinyvlm data import`):
+    DIR/train/shard-00000.jsonl, DIR/train/shard-00001.jsonl, ...   (image paths relative to the shard)
+    DIR/val/shard-00000.jsonl, ...
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import TinyVLMError
+from .records import Record, iter_jsonl, write_jsonl
+
+SHARD_GLOB = "shard-*.jsonl"
+
+
+class RecordSource:
+    """A finite, re-iterable collection of records with a deterministic shuffled order per epoch."""
+
+    def __init__(self, files: list[Path], counts: list[int] | None = None):
+        if not files:
+            raise TinyVLMError("no records: the dataset is empty")
+        self.files = files
+        self.counts = counts if counts is not None else [_count_lines(f) for f in files]
+        if sum(self.counts) == 0:
+            raise TinyVLMError(f"no records in {files[0].parent}: the dataset is empty")
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def __iter__(self) -> Iterator[Record]:
+        for f in self.files:
+            yield from iter_jsonl(f)
+
+    def epoch(self, epoch: int, seed: int) -> Iterator[Record]:
+        """All records once, in an order fixed by (seed, epoch)."""
+        rng = random.Random(f"{seed}:{epoch}")
+        order = list(range(len(self.files)))
+        rng.shuffle(order)
+        for i in order:
+            shard = list(iter_jsonl(self.files[i]))  # one shard in memory at a time
+            rng.shuffle(shard)
+            yield from shard
+
+    def head(self, n: int) -> list[Record]:
+        """The first n records in file order (for evaluation and quick looks)."""
+        out: list[Record] = []
+        for r in self:
+            if len(out) >= n:
+                break
+            out.append(r)
+        return out
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def open_records(path: str | os.PathLike, split: str = "train") -> RecordSource:
+    """Open a JSONL file, a sharded dataset folder (DIR/<split>/shard-*.jsonl), or a folder with one
+    JSONL file in it (e.g. the picture-book world's output)."""
+    p = Path(path)
+    if p.is_file():
+        return RecordSource([p])
+    if not p.exists():
+        raise TinyVLMError(f"dataset not found: {p}")
+    if (p / split).is_dir():
+        files = sorted((p / split).glob(SHARD_GLOB))
+        if not files:
+            raise TinyVLMError(f"{p / split}: no {SHARD_GLOB} files")
+        return RecordSource(files)
+    for name in (f"{split}.jsonl", "records.jsonl", "world.jsonl"):
+        if (p / name).is_file():
+            return RecordSource([p / name])
+    jsonls = sorted(p.glob("*.jsonl"))
+    if len(jsonls) == 1:
+        return RecordSource(jsonls)
+    raise TinyVLMError(f"{p}: no '{split}/' shards and no single .jsonl file to read")
+
+
+def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, split: str,
+                 shard_size: int = 10_000) -> int:
+    """Write records as DIR/<split>/shard-NNNNN.jsonl (image paths relative to the shard's folder)."""
+    out_dir = Path(out_dir)
+    split_dir = out_dir / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for old in split_dir.glob(SHARD_GLOB):
+        old.unlink()
+    n, buf, k = 0, [], 0
+    for r in records:
+        buf.append(r)
+        if len(buf) == shard_size:
+            n += write_jsonl(buf, split_dir / f"shard-{k:05d}.jsonl")
+            buf, k = [], k + 1
+    if buf or k == 0:
+        n += write_jsonl(buf, split_dir / f"shard-{k:05d}.jsonl")
+    (split_dir / "index.json").write_text(json.dumps({"records": n, "shards": k + (1 if buf else 0)}))
+    return n

@@ -1,0 +1,130 @@
+"""The one record shape every data source becomes, and its JSONL form.
+
+A record is one or more images, the text the model should write about them, an optional prompt
+(with `<image>` slots marking where each image goes), and optional ground truth:
+`references` (human captions), `answer` (for a question), `scene` (a picture-book scene graph),
+plus source-specific extras such as `questions` and `negatives` kept in `extra`.
+
+JSONL form, one object per line:
+    {"image": "a.png", "text": "A red ball on the grass."}
+    {"images": ["a.png", "b.png"], "prompt": "<image> <image> Which has a dog?", "text": "the second"}
+    {"image": "a.png", "turns": [{"role": "user", "content": "<image> What colour?"},
+                                 {"role": "assistant", "content": "red"}]}
+Image paths are relative to the JSONL file's folder unless absolute.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..errors import TinyVLMError
+
+IMAGE_SLOT = "<image>"
+_KNOWN = {"image", "images", "text", "prompt", "turns", "references", "answer", "scene"}
+
+
+@dataclass
+class Record:
+    images: list[str]
+    text: str
+    prompt: str = ""
+    references: list[str] | None = None
+    answer: str | None = None
+    scene: dict | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {"image": self.images[0]} if len(self.images) == 1 else {"images": self.images}
+        d["text"] = self.text
+        if self.prompt:
+            d["prompt"] = self.prompt
+        for k in ("references", "answer", "scene"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, root: str | os.PathLike | None = None) -> "Record":
+        """Build a record from a JSON object; raises ValueError with a reason if it is malformed."""
+        if not isinstance(d, dict):
+            raise ValueError("a record must be a JSON object")
+        images = d.get("images", [d["image"]] if "image" in d else None)
+        if not images or not all(isinstance(p, str) and p for p in images):
+            raise ValueError("a record needs 'image' (a path) or 'images' (a list of paths)")
+        prompt, text = d.get("prompt", ""), d.get("text")
+        if "turns" in d:
+            prompt, text = _flatten_turns(d["turns"])
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("a record needs a non-empty 'text'")
+        if root is not None:
+            images = [p if os.path.isabs(p) else os.path.join(root, p) for p in images]
+        refs = d.get("references")
+        if refs is not None and not (isinstance(refs, list) and all(isinstance(r, str) for r in refs)):
+            raise ValueError("'references' must be a list of strings")
+        extra = {k: v for k, v in d.items() if k not in _KNOWN}
+        return cls(images=list(images), text=text.strip(), prompt=prompt or "", references=refs,
+                   answer=d.get("answer"), scene=d.get("scene"), extra=extra)
+
+
+def _flatten_turns(turns: list) -> tuple[str, str]:
+    """A conversation becomes prompt (every turn but the last) and text (the last assistant turn)."""
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
+        raise ValueError("'turns' must be a non-empty list of {role, content} objects")
+    if turns[-1].get("role") != "assistant":
+        raise ValueError("the last turn must be the assistant's")
+    prompt = "\n".join(str(t.get("content", "")) for t in turns[:-1])
+    return prompt, str(turns[-1].get("content", ""))
+
+
+def image_slots(prompt: str, n_images: int) -> str:
+    """Return the prompt with exactly `n_images` slots: images without a slot go first."""
+    have = prompt.count(IMAGE_SLOT)
+    if have > n_images:
+        raise TinyVLMError(f"prompt has {have} {IMAGE_SLOT} slots but only {n_images} image(s) were given")
+    return IMAGE_SLOT * (n_images - have) + prompt
+
+
+def iter_jsonl(path: str | os.PathLike, errors: list[str] | None = None) -> Iterator[Record]:
+    """Yield records from a JSONL file. Bad lines are reported in `errors` (if given) and skipped;
+    without `errors`, the first bad line raises a TinyVLMError naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise TinyVLMError(f"{path}: no such file")
+    root = path.parent
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Record.from_json(json.loads(line), root=root)
+            except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+                msg = f"{path}:{lineno}: {e}"
+                if errors is None:
+                    raise TinyVLMError(msg) from None
+                errors.append(msg)
+
+
+def read_jsonl(path: str | os.PathLike, errors: list[str] | None = None) -> list[Record]:
+    return list(iter_jsonl(path, errors))
+
+
+def write_jsonl(records: Iterable[Record], path: str | os.PathLike, root: str | os.PathLike | None = None) -> int:
+    """Write records atomically; image paths are made relative to `root` (default: the file's folder)."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            d = r.to_json()
+            rel = [os.path.relpath(p, root) if os.path.isabs(p) else p for p in r.images]
+            d.pop("image", None), d.pop("images", None)
+            d = ({"image": rel[0]} if len(rel) == 1 else {"images": rel}) | d
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
