@@ -105,12 +105,13 @@ def held_out(record: Record, fraction: float = 0.05) -> bool:
     return zlib.crc32(Path(record.images[0]).name.encode()) % 10_000 < fraction * 10_000
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, progress: float, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup over the first steps, then cosine decay to min_lr_ratio * lr as `progress`
+    (the fraction of the budget spent) goes from 0 to 1."""
     warmup = min(cfg.warmup, max(1, total // 10))
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 class Stream:
@@ -270,12 +271,12 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress, unit="step",
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10)
         window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "t": time.perf_counter()}
-        deadline = cfg.minutes * 60 if cfg.minutes else float("inf")
         start, start_elapsed = time.perf_counter(), self.elapsed
-        while self.step < self.total_steps:
+        while self.progress() < 1:
             torch.manual_seed(cfg.seed * 1_000_003 + self.step)  # dropout masks depend on the step only
+            lr = lr_at(self.step, self.progress(), self.total_steps, cfg)
             for g in self.opt.param_groups:
-                g["lr"] = lr_at(self.step, self.total_steps, cfg)
+                g["lr"] = lr
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
                 micro = [next(examples) for _ in range(cfg.batch_size)]
@@ -295,15 +296,15 @@ class Trainer:
             window["loss"] += step_loss
             window["n"] += 1
             bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+            last = self.progress() >= 1
+            if self.step % cfg.log_every == 0 or last:
                 dt = time.perf_counter() - window["t"]
-                row = {"step": self.step, "loss": window["loss"] / window["n"], "lr": lr_at(self.step - 1, self.total_steps, cfg),
+                row = {"step": self.step, "loss": window["loss"] / window["n"], "lr": lr,
                        "samples_per_s": window["samples"] / dt, "tokens_per_s": window["tokens"] / dt,
                        "elapsed_s": self.elapsed}
                 self._log(row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", samples_s=f"{row['samples_per_s']:.0f}")
                 window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "t": time.perf_counter()}
-            last = self.step == self.total_steps or self.elapsed >= deadline
             if self.step % cfg.eval_every == 0 or last:
                 val = self.validate()
                 if val is not None:
@@ -312,12 +313,17 @@ class Trainer:
                     bar.write(f"step {self.step}: val loss {val:.4f}")
             if self.step % cfg.save_every == 0 or last:
                 self.save()
-            if last:
-                break
         bar.close()
         from .plots import plot_loss
         plot_loss(self.out / METRICS, self.out / LOSS_PNG)
         return self.vlm
+
+    def progress(self) -> float:
+        """Fraction of the budget spent. A minutes budget counts time too, so the learning rate
+        anneals on schedule even when the machine is slower than calibration measured (such runs
+        are not bit-reproducible across machines; a steps budget is)."""
+        p = self.step / self.total_steps
+        return max(p, self.elapsed / (self.cfg.minutes * 60)) if self.cfg.minutes else p
 
     def _log(self, row: dict):
         with open(self.out / METRICS, "a") as f:
