@@ -15,11 +15,11 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, atomic_dir, read_json, resolve
 from .config import VLMConfig
-from .data.batches import ask_prompt, describe_prompt
+from .data.batches import Collator, Example, ask_prompt, describe_prompt
 from .data.images import preprocess
 from .errors import TinyVLMError
 from .generate import Sampling, generate
-from .model import VisionLanguageModel
+from .model import IGNORE, VisionLanguageModel
 from .tokenizer import Tokenizer
 
 ImageLike = "str | os.PathLike | Image.Image"
@@ -110,3 +110,19 @@ class TinyVLM:
         if not question.strip():
             raise TinyVLMError("the question is empty")
         return self.generate([ask_prompt(question)], [[image]], sampling=sampling or Sampling(max_new_tokens=16))[0]
+
+    @torch.no_grad()
+    def logprob(self, examples: Sequence[Example], batch_size: int = 32) -> list[float]:
+        """Total log-probability (nats) of each example's target given its images and prompt:
+        how much the model believes a text, for ranking a true description above a false one."""
+        self.model.eval()
+        collate = Collator(self.tokenizer, self.cfg, self.image_fit)
+        out: list[float] = []
+        for i in range(0, len(examples), batch_size):
+            b = collate(list(examples[i:i + batch_size]))
+            images = b["images"].to(self.device) if b["images"] is not None else None
+            logits, _ = self.model(b["input_ids"].to(self.device), images)
+            labels = b["labels"].to(self.device)
+            token_logp = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            out += (token_logp * (labels != IGNORE)).sum(1).tolist()
+        return out

@@ -88,6 +88,31 @@ def cmd_data_import(a):
                    shard_size=a.shard_size, progress=not a.quiet, image_dir=a.images)
 
 
+def cmd_data_rewrite(a):
+    from .data.dataset import open_records
+    from .data.rewrite import load_vocab, rewrite_captions
+    from .llm import ChatClient
+    client = ChatClient(a.base_url, a.model, api_key_env=a.api_key_env, timeout=a.timeout)
+    vocab = load_vocab(a.vocab) if a.vocab else None
+    summary = rewrite_captions(open_records(a.src, a.split), client, a.out, style=a.style, vocab=vocab,
+                               send_image=a.send_image, progress=not a.quiet)
+    print(f"written {summary['written']}, dropped {summary['dropped']}, already done {summary['skipped_done']}")
+    for image, reason in summary["failures"][:10]:
+        print(f"  dropped {image}: {reason}")
+
+
+def cmd_eval(a):
+    from .eval.report import markdown_table, score_rows
+    from .eval.run import EvalConfig, evaluate
+    cfg = EvalConfig(model=a.model, data=a.data, out=a.out, judge=a.judge, n=a.n, styles=tuple(a.styles.split(",")),
+                     train_data=a.train_data, baselines=not a.no_baselines, llm_base_url=a.llm_base_url,
+                     llm_model=a.llm_model, llm_api_key_env=a.llm_api_key_env)
+    results = evaluate(cfg)
+    print(markdown_table(*score_rows(results)))
+    if a.out:
+        print(f"\nreport: {a.out}/report.md, {a.out}/report.html; all figures: {a.out}/results.json")
+
+
 def cmd_demo(a):
     from .demo import run_demo
     run_demo(a.out, minutes=a.minutes, preset=a.preset, n_train=a.n_train, seed=a.seed)
@@ -162,6 +187,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shard-size", type=int, default=5000)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_data_import)
+
+    s = data.add_parser("rewrite", help="rewrite reference captions in a young child's words through an LLM endpoint")
+    s.add_argument("src", help="records with references (JSONL or an imported dataset folder)")
+    s.add_argument("--split", default="train")
+    s.add_argument("--out", required=True, help="output JSONL; a rerun resumes where it stopped")
+    s.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--model", required=True)
+    s.add_argument("--style", choices=["short", "long"], default="short")
+    s.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    s.add_argument("--vocab", default=None, help="word list (one per line); default: the child vocabulary shipped")
+    s.add_argument("--send-image", action="store_true", help="send the picture too (vision models)")
+    s.add_argument("--timeout", type=float, default=60)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_data_rewrite)
+
+    s = sub.add_parser("eval", help="evaluate a model: rubric, grounded metrics, caption metrics, VQA, probes, baselines")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="evaluation records (a world folder, an imported dataset's val split, a JSONL)")
+    s.add_argument("--out", default=None, help="write results.json and report.md/.html here")
+    s.add_argument("--judge", choices=["grounded", "llm", "captions"], default="grounded")
+    s.add_argument("--n", type=int, default=200, help="records to evaluate")
+    s.add_argument("--styles", default="short", help="short, long or short,long")
+    s.add_argument("--train-data", dest="train_data", help="training data for memorisation and the nearest-neighbour baseline")
+    s.add_argument("--no-baselines", action="store_true")
+    s.add_argument("--llm-base-url", dest="llm_base_url")
+    s.add_argument("--llm-model", dest="llm_model")
+    s.add_argument("--llm-api-key-env", dest="llm_api_key_env", default="OPENAI_API_KEY")
+    s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="the 10-minute tour: make data, train, describe held-out pictures, score")
     s.add_argument("--out", default="runs/demo")

@@ -1,0 +1,229 @@
+"""`tinyvlm eval`: run a model over an evaluation set and measure everything the set's truth allows.
+
+- Picture-book scenes (records with a `scene`): the paper's completion protocol and free
+  description, scored by the grounded judge; VQA accuracy by question type; the compositional
+  probe (true description vs each hard negative, by likelihood).
+- Captioned photos (records with `references`): BLEU/METEOR/ROUGE-L/CIDEr.
+- Any images, with `judge="llm"`: the paper's rubric through an OpenAI-compatible endpoint.
+- Always: the memorisation check against the training text, and two baselines in the same table
+  (blind: every image replaced by a blank one; nearest neighbour: the training text of the most
+  similar training image), so each number has something to be compared with.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..api import TinyVLM
+from ..checkpoint import resolve
+from ..data.batches import Example, ask_prompt, describe_prompt
+from ..data.dataset import open_records
+from ..data.images import fit_square, load_image
+from ..data.records import Record
+from ..errors import TinyVLMError
+from ..generate import Sampling
+
+PREFIX_WORDS = {"short": 6, "long": 18}  # the paper gives the first 6-7 (ShortDesc) or 18-20 (LongDesc) words
+JUDGES = ("grounded", "llm", "captions")
+
+
+@dataclass
+class EvalConfig:
+    model: str
+    data: str
+    out: str | None = None
+    judge: str = "grounded"          # grounded | llm | captions
+    n: int = 200                     # evaluation records
+    styles: tuple[str, ...] = ("short",)
+    train_data: str | None = None    # default: the data the model was trained on (from its run state)
+    baselines: bool = True
+    batch_size: int = 32
+    max_questions: int = 4           # per record, for VQA
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    progress: bool = True
+
+
+def _check(cfg: EvalConfig, records: list[Record]):
+    has_scene = all(r.scene for r in records)
+    has_refs = all(r.references for r in records)
+    if cfg.judge not in JUDGES:
+        raise TinyVLMError(f"unknown judge '{cfg.judge}': choose one of {', '.join(JUDGES)}")
+    if cfg.judge == "grounded" and not has_scene:
+        hint = "--judge captions (it has reference captions) or --judge llm" if has_refs else "--judge llm"
+        raise TinyVLMError(f"{cfg.data} has no scene graphs, which the grounded judge needs: use {hint}")
+    if cfg.judge == "captions" and not has_refs:
+        raise TinyVLMError(f"{cfg.data} has no reference captions, which caption metrics need: use --judge llm"
+                           + (" or --judge grounded" if has_scene else ""))
+    if cfg.judge == "llm" and not (cfg.llm_base_url and cfg.llm_model):
+        raise TinyVLMError("the LLM judge needs --llm-base-url and --llm-model (key from $OPENAI_API_KEY or --llm-api-key-env)")
+
+
+def _train_source(cfg: EvalConfig):
+    path = cfg.train_data
+    if path is None:
+        state = resolve(cfg.model) / "state.json"
+        if state.is_file():
+            path = json.loads(state.read_text())["train_config"]["data"]
+    return open_records(path, "train") if path and Path(path).exists() else None
+
+
+def normalise_answer(text: str) -> str:
+    """Lowercase, drop punctuation and articles: 'The ball.' == 'ball'."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return " ".join(w for w in words if w not in ("a", "an", "the"))
+
+
+class NearestNeighbour:
+    """The baseline that looks but does not understand: return the text of the training image
+    whose 16x16 thumbnail is closest in pixels."""
+
+    def __init__(self, records: list[Record]):
+        self.records = records
+        self.feats = np.stack([self._feat(r.images[0]) for r in records])
+
+    def _feat(self, path) -> np.ndarray:
+        v = np.asarray(fit_square(load_image(path), 16), dtype=np.float32).ravel()
+        return (v - v.mean()) / (v.std() + 1e-6)
+
+    def __call__(self, image) -> Record:
+        return self.records[int(((self.feats - self._feat(image)) ** 2).sum(1).argmin())]
+
+
+def _blank_image(out: Path, size: int) -> str:
+    path = out / "blank.png"
+    Image.new("RGB", (size, size), (128, 128, 128)).save(path)
+    return str(path)
+
+
+def _describe(vlm: TinyVLM, images: list[str], style: str, prefixes: list[str], bs: int) -> list[str]:
+    s = Sampling(max_new_tokens=48 if style == "short" else 128)
+    out = []
+    for i in range(0, len(images), bs):
+        chunk = images[i:i + bs]
+        out += vlm.generate([describe_prompt(style)] * len(chunk), [[im] for im in chunk], prefixes[i:i + bs], s)
+    return out
+
+
+def _vqa(vlm: TinyVLM, records: list[Record], images: list[str], k: int, bs: int) -> dict:
+    items = [(im, q) for r, im in zip(records, images) for q in r.extra.get("questions", [])[:k]]
+    answers = []
+    for i in range(0, len(items), bs):
+        chunk = items[i:i + bs]
+        answers += vlm.generate([ask_prompt(q["question"]) for _, q in chunk], [[im] for im, _ in chunk],
+                                sampling=Sampling(max_new_tokens=12))
+    by_type = defaultdict(list)
+    for (_, q), a in zip(items, answers):
+        by_type[q["type"]].append(normalise_answer(a) == normalise_answer(str(q["answer"])))
+    return _accuracy(by_type)
+
+
+def _probe(vlm: TinyVLM, records: list[Record], images: list[str], bs: int) -> dict:
+    pairs = [(im, neg) for r, im in zip(records, images) for neg in r.extra.get("negatives", [])]
+    ex = [Example([im], describe_prompt("short"), t) for im, neg in pairs for t in (neg["true_text"], neg["text"])]
+    lp = vlm.logprob(ex, bs)
+    by_type = defaultdict(list)
+    for j, (_, neg) in enumerate(pairs):
+        by_type[neg["swap"]].append(lp[2 * j] > lp[2 * j + 1])
+    return _accuracy(by_type)
+
+
+def _accuracy(by_type: dict[str, list[bool]]) -> dict:
+    total = [x for v in by_type.values() for x in v]
+    return {"accuracy": float(np.mean(total)) if total else None, "n": len(total),
+            "by_type": {t: float(np.mean(v)) for t, v in sorted(by_type.items())}}
+
+
+def _texts_of(record: Record) -> list[str]:
+    return record.extra.get("short", []) + record.extra.get("long", []) or record.references or [record.text]
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run every measure the data supports; write results.json and a report when `cfg.out` is set."""
+    from .captions import memorisation
+    records = open_records(cfg.data, "val").head(cfg.n)
+    _check(cfg, records)
+    vlm = TinyVLM.from_pretrained(cfg.model)
+    out = Path(cfg.out) if cfg.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    world = records[0].scene is not None
+    train_src = _train_source(cfg)
+    train_recs = train_src.head(5000) if train_src else []
+    train_texts = [t for r in train_recs for t in _texts_of(r)]
+
+    runs = {"model": [r.images[0] for r in records]}
+    if cfg.baselines:
+        blank = _blank_image(out or Path(records[0].images[0]).parent, vlm.cfg.vit_image_size)
+        runs["blind"] = [blank] * len(records)
+    results: dict = {"config": asdict(cfg), "n": len(records), "runs": {}}
+    for run, images in runs.items():
+        res: dict = {}
+        for style in cfg.styles:
+            refs = [r.extra[style][0] for r in records] if world else None
+            modes = {"free": [""] * len(records)}
+            if world:  # the paper's protocol: the first words of a held-out description are given
+                modes["complete"] = [" ".join(ref.split()[:PREFIX_WORDS[style]]) for ref in refs]
+            for mode, prefixes in modes.items():
+                texts = _describe(vlm, images, style, prefixes, cfg.batch_size)
+                res[f"{style}/{mode}"] = _judge(cfg, records, texts, refs, prefixes, train_texts, images)
+        if world:
+            res["vqa"] = _vqa(vlm, records, images, cfg.max_questions, cfg.batch_size)
+            res["probe"] = _probe(vlm, records, images, cfg.batch_size)
+        results["runs"][run] = res
+    if cfg.baselines and train_recs:  # nearest neighbour: a training text, judged like the model's
+        nn = NearestNeighbour(train_recs)
+        near = [nn(r.images[0]) for r in records]
+        results["runs"]["nearest"] = {
+            f"{style}/free": _judge(cfg, records, [(n.extra.get(style) or [n.text])[0] for n in near],
+                                    [r.extra[style][0] for r in records] if world else None,
+                                    [""] * len(records), train_texts, [r.images[0] for r in records])
+            for style in cfg.styles}
+    if train_texts:  # the paper's memorisation check, on the model's free descriptions
+        results["memorisation"] = {}
+        for style in cfg.styles:
+            mem = memorisation(results["runs"]["model"][f"{style}/free"]["texts"], train_texts)
+            results["memorisation"][style] = {"mean_rouge_l": float(np.mean([m["rouge_l"] for m in mem])),
+                                              "max_rouge_l": float(max(m["rouge_l"] for m in mem)),
+                                              "examples": mem[:5]}
+    results["samples"] = [{"image": r.images[0], "text": t, "reference": (r.extra.get(cfg.styles[0]) or r.references or [r.text])[0],
+                           "claims": item.get("claims")}
+                          for r, t, item in zip(records[:12], results["runs"]["model"][f"{cfg.styles[0]}/free"]["texts"],
+                                                results["runs"]["model"][f"{cfg.styles[0]}/free"].get("items") or [{}] * 12)]
+    if out:
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        from .report import write_report
+        write_report(results, out)
+    return results
+
+
+def _judge(cfg: EvalConfig, records, texts, refs, prefixes, train_texts, images) -> dict:
+    """Score one set of outputs with the configured judge (plus caption metrics when references exist)."""
+    res: dict = {}
+    if cfg.judge == "grounded":
+        from .grounded import judge_grounded
+        items = [{"id": str(i), "text": t, "scene": r.scene, "reference": ref, "prefix": p}
+                 for i, (r, t, ref, p) in enumerate(zip(records, texts, refs, prefixes))]
+        g = judge_grounded(items, train_texts or None)
+        res = {"rubric": g["mean"], "raw": g["raw"], "items": g["items"]}
+    elif cfg.judge == "llm":
+        from ..llm import ChatClient
+        from .llm_judge import judge_llm
+        client = ChatClient(cfg.llm_base_url, cfg.llm_model, cfg.llm_api_key_env)
+        items = [{"id": str(i), "image": im, "text": t, "prompt": (prefixes or [""] * len(texts))[i]}
+                 for i, (im, t) in enumerate(zip(images, texts))]
+        j = judge_llm(items, client, progress=cfg.progress)
+        res = {"rubric": j["mean"], "n_scored": j["n_scored"], "n_failed": j["n_failed"], "items": j["items"]}
+    if records[0].references:
+        from .captions import caption_metrics
+        res["captions"] = caption_metrics({str(i): t for i, t in enumerate(texts)},
+                                          {str(i): r.references for i, r in enumerate(records)})
+    res["texts"] = texts
+    return res
