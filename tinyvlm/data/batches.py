@@ -56,10 +56,11 @@ def record_to_example(record: Record, rng: random.Random, tasks: tuple[str, ...]
 
 
 class ImageCache:
-    """Decoded, resized images kept as uint8 arrays, so small datasets are decoded once."""
+    """Decoded, resized images kept as uint8 arrays, so small datasets are decoded once; bounded in
+    bytes (oldest out first), so memory stays flat however many images a dataset has."""
 
-    def __init__(self, size: int, fit: str = "pad", capacity: int = 50_000):
-        self.size, self.fit, self.capacity = size, fit, capacity
+    def __init__(self, size: int, fit: str = "pad", max_bytes: int = 512 * 2**20):
+        self.size, self.fit, self.capacity = size, fit, max(1, max_bytes // (size * size * 3))
         self.store: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def get(self, path: str) -> Image.Image:

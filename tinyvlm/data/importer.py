@@ -56,7 +56,8 @@ def import_dataset(src: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
             return (r for r in iter_jsonl(staged) if (_split_key(r) in val_keys) == (name == "val"))
 
         report.train = write_shards(split("train"), out, "train", shard_size)
-        report.val = write_shards(split("val"), out, "val", shard_size)
+        if val_keys:  # no val/ folder at all when nothing is held out, so training makes its own split
+            report.val = write_shards(split("val"), out, "val", shard_size)
     finally:
         staged.unlink(missing_ok=True)
         shutil.rmtree(extract_dir, ignore_errors=True)
@@ -73,14 +74,14 @@ def _validated(records: Iterable[Record], images_dir: Path, report: ImportReport
     and exact duplicates are counted, not written."""
     checked: dict[str, str | TinyVLMError] = {}  # source path -> content hash, or why it is unusable
     stored: dict[str, Path] = {}  # content hash -> copy in images_dir (one file per distinct image)
-    seen: set[tuple] = set()
+    seen: set[bytes] = set()
     for r in records:
         try:
             hashes = [_check(p, checked) for p in r.images]
         except TinyVLMError as e:
             report.problems.append(f"skipped: {e}")
             continue
-        key = (tuple(hashes), r.prompt, r.text)
+        key = hashlib.sha1(repr((hashes, r.prompt, r.text)).encode()).digest()  # 20 bytes, not the text
         if key in seen:
             report.duplicates += 1
             continue
