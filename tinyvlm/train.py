@@ -249,7 +249,8 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def _calibrate(self, stream: Iterator[Example]) -> int:
-        """Turn a minutes budget into a step count: time a few steps' forward+backward (no update)."""
+        """Estimate how many steps a minutes budget buys (for warmup and the progress bar): time a
+        few forward+backward passes without updating the model."""
         batch = self.collate([next(stream) for _ in range(self.cfg.batch_size)])
         self.vlm.model.train()
         times = []
@@ -296,6 +297,8 @@ class Trainer:
             window["loss"] += step_loss
             window["n"] += 1
             bar.update(1)
+            if cfg.minutes and self.step % 50 == 0:  # re-estimate the step count for the progress bar
+                bar.total = max(self.step, round(self.step / max(self.progress(), 1e-9)))
             last = self.progress() >= 1
             if self.step % cfg.log_every == 0 or last:
                 dt = time.perf_counter() - window["t"]
@@ -319,11 +322,12 @@ class Trainer:
         return self.vlm
 
     def progress(self) -> float:
-        """Fraction of the budget spent. A minutes budget counts time too, so the learning rate
-        anneals on schedule even when the machine is slower than calibration measured (such runs
-        are not bit-reproducible across machines; a steps budget is)."""
-        p = self.step / self.total_steps
-        return max(p, self.elapsed / (self.cfg.minutes * 60)) if self.cfg.minutes else p
+        """Fraction of the budget spent: steps for a steps budget, wall-clock time for a minutes
+        budget (so the learning rate anneals on time even when the machine is slower or faster
+        than calibration measured; such runs are not bit-reproducible across machines)."""
+        if self.cfg.minutes:
+            return self.elapsed / (self.cfg.minutes * 60)
+        return self.step / self.total_steps
 
     def _log(self, row: dict):
         with open(self.out / METRICS, "a") as f:
