@@ -115,7 +115,7 @@ def cmd_eval(a):
 
 def cmd_demo(a):
     from .demo import run_demo
-    run_demo(a.out, minutes=a.minutes, preset=a.preset, n_train=a.n_train, seed=a.seed)
+    run_demo(a.out, minutes=a.minutes, preset=a.preset, n_train=a.n_train, n_test=a.n_test, seed=a.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=float, default=8.0)
     s.add_argument("--preset", default="mini")
     s.add_argument("--n-train", type=int, default=4000)
+    s.add_argument("--n-test", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_demo)
     return p

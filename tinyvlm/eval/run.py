@@ -167,10 +167,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     for run, images in runs.items():
         res: dict = {}
         for style in cfg.styles:
-            refs = [r.extra[style][0] for r in records] if world else None
+            refs = [r.extra[style] for r in records] if world else None  # every paraphrase of the truth
             modes = {"free": [""] * len(records)}
             if world:  # the paper's protocol: the first words of a held-out description are given
-                modes["complete"] = [" ".join(ref.split()[:PREFIX_WORDS[style]]) for ref in refs]
+                modes["complete"] = [" ".join(ref[0].split()[:PREFIX_WORDS[style]]) for ref in refs]
             for mode, prefixes in modes.items():
                 texts = _describe(vlm, images, style, prefixes, cfg.batch_size)
                 res[f"{style}/{mode}"] = _judge(cfg, records, texts, refs, prefixes, train_texts, images)
@@ -183,7 +183,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         near = [nn(r.images[0]) for r in records]
         results["runs"]["nearest"] = {
             f"{style}/free": _judge(cfg, records, [(n.extra.get(style) or [n.text])[0] for n in near],
-                                    [r.extra[style][0] for r in records] if world else None,
+                                    [r.extra[style] for r in records] if world else None,
                                     [""] * len(records), train_texts, [r.images[0] for r in records])
             for style in cfg.styles}
     if train_texts:  # the paper's memorisation check, on the model's free descriptions
