@@ -56,7 +56,8 @@ class VisionLanguageModel(nn.Module):
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced pass over right-padded sequences. With labels (B, T; IGNORE where no loss,
         already aligned so labels[:, t] is the token after position t) returns (logits at the labelled
-        positions, mean loss); without, (logits for every position, None)."""
+        positions, loss: the mean over examples of each example's mean token loss); without,
+        (logits for every position, None)."""
         B, T = input_ids.shape
         if T > self.cfg.lm_max_len:
             raise TinyVLMError(f"sequence of {T} tokens exceeds lm_max_len {self.cfg.lm_max_len}")
@@ -66,7 +67,12 @@ class VisionLanguageModel(nn.Module):
             return self.decoder.head(h), None
         keep = labels != IGNORE
         logits = self.decoder.head(h[keep])  # only where there is a target: saves the image positions
-        return logits, F.cross_entropy(logits.float(), labels[keep])
+        # Each example weighs the same, however long its answer: a one-word answer to "What colour
+        # is the ball?" carries as much about the picture as a 30-token description, and a plain
+        # token mean would drown it.
+        per_token = F.cross_entropy(logits.float(), labels[keep], reduction="none")
+        n = keep.sum(1, keepdim=True).clamp(min=1).expand_as(keep)[keep]
+        return logits, (per_token / n).sum() / keep.any(1).sum().clamp(min=1)
 
     def num_params(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())
