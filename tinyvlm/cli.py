@@ -78,7 +78,7 @@ def cmd_ask(a):
 
 def cmd_data_world(a):
     from .data.world import write_world
-    out = write_world(a.out, n=a.n, size=a.size, seed=a.seed, progress=not a.quiet)
+    out = write_world(a.out, n=a.n, size=a.size, seed=a.seed, progress=not a.quiet, max_things=a.max_things)
     print(f"wrote {a.n} scenes to {out}")
 
 
@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = data.add_parser("world", help="generate picture-book world scenes with descriptions and questions")
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--size", type=int, default=64, help="image size in pixels (32..512)")
+    s.add_argument("--max-things", type=int, default=6, help="at most this many things a picture (1..6)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.add_argument("--quiet", action="store_true")

@@ -20,28 +20,29 @@ from ...errors import TinyVLMError
 from ..records import Record, iter_jsonl, write_jsonl
 from .describe import describe
 from .render import render
-from .scene import Scene, sample_scene
+from .scene import MAX_THINGS, Scene, sample_scene
 
 VERSION = 1
 
 
-def make_scene_record(index: int, seed: int = 0) -> Record:
-    """Scene `index` of the world with this seed, described but not drawn (fast, for tests and text)."""
+def make_scene_record(index: int, seed: int = 0, max_things: int = MAX_THINGS) -> Record:
+    """Scene `index` of the world with this seed, described but not drawn (fast, for tests and text).
+    `max_things` < 6 makes simpler pictures (fewer things to tell apart: an easier first lesson)."""
     rng = random.Random(f"tinyvlm-world:{seed}:{index}")
-    scene = sample_scene(rng)
+    scene = sample_scene(rng, max_things)
     words = describe(scene, rng)
     return Record(images=[f"images/{index:06d}.png"], text=words["short"][0], scene=scene.to_dict(),
                   extra={k: words[k] for k in ("short", "long", "questions", "negatives")})
 
 
-def _make(index: int, seed: int, size: int, out_dir: str) -> Record:
-    record = make_scene_record(index, seed)
+def _make(index: int, seed: int, size: int, out_dir: str, max_things: int) -> Record:
+    record = make_scene_record(index, seed, max_things)
     render(Scene.from_dict(record.scene), size).save(os.path.join(out_dir, record.images[0]))
     return record
 
 
 def write_world(out_dir: str | os.PathLike, n: int, size: int = 64, seed: int = 0, progress: bool = True,
-                workers: int | None = None) -> Path:
+                workers: int | None = None, max_things: int = MAX_THINGS) -> Path:
     """Generate n scenes into out_dir; returns the path of world.jsonl."""
     if not isinstance(n, int) or n < 1:
         raise TinyVLMError(f"n must be a whole number of scenes >= 1, got {n}")
@@ -52,10 +53,12 @@ def write_world(out_dir: str | os.PathLike, n: int, size: int = 64, seed: int = 
     workers = min(os.cpu_count() or 1, 2) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise TinyVLMError(f"workers must be >= 1, got {workers}")
+    if not isinstance(max_things, int) or not 1 <= max_things <= MAX_THINGS:
+        raise TinyVLMError(f"max_things must be 1..{MAX_THINGS} (more do not fit a picture), got {max_things}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "world.json").write_text(json.dumps({"n": n, "size": size, "seed": seed, "version": VERSION}, indent=1) + "\n")
-    make = partial(_make, seed=seed, size=size, out_dir=str(out))
+    (out / "world.json").write_text(json.dumps({"n": n, "size": size, "seed": seed, "max_things": max_things, "version": VERSION}, indent=1) + "\n")
+    make = partial(_make, seed=seed, size=size, out_dir=str(out), max_things=max_things)
     bar = _progress(n) if progress else None
     with multiprocessing.Pool(workers) if workers > 1 else _Serial() as pool:
         records = pool.imap(make, range(n), chunksize=16)
