@@ -93,7 +93,7 @@ class TinyVLM:
         flat = [im for row in images for im in row]
         pix = self.pixels(flat) if flat else None
         out = generate(self.model, ids, pix, sampling or Sampling(), use_cache)
-        return [self.tokenizer.decode(self.tokenizer.encode(pre) + o) for pre, o in zip(prefixes, out)]
+        return [self.tokenizer.decode(self.tokenizer.encode_answer(pre) + o) for pre, o in zip(prefixes, out)]
 
     def describe(self, images: ImageLike | Sequence[ImageLike], style: str = "short", prefix: str = "",
                  sampling: Sampling | None = None) -> str | list[str]:

@@ -15,7 +15,10 @@ from .eval.report import markdown_table, score_rows
 from .eval.run import EvalConfig, evaluate
 from .train import TrainConfig, train
 
-DEMO_MODEL = dict(image_size=64, patch_size=8, tasks=("short", "qa"), batch_size=32, eval_every=100, save_every=100)
+# 64 px pictures in 16 px patches (17 image tokens) train ~3.7x faster than 8 px patches, and in a
+# few minutes more samples beat finer patches; dropout only slows a model this far from overfitting.
+DEMO_MODEL = dict(image_size=64, patch_size=16, dropout=0.0, tasks=("short", "qa"), batch_size=32,
+                  eval_every=200, save_every=200)
 
 
 def run_demo(out: str = "runs/demo", minutes: float = 8.0, preset: str = "mini", n_train: int = 4000,

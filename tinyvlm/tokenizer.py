@@ -54,6 +54,12 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tk.encode(text, add_special_tokens=False).ids
 
+    def encode_answer(self, text: str) -> list[int]:
+        """Answer text starts with a space, so its first word gets the same token as that word
+        mid-sentence (" purple", not "p" + "urple"); otherwise one-word answers would be spelled
+        with rare pieces the model never links to the word it knows."""
+        return self.encode(" " + text.strip()) if text.strip() else []
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tk.decode([i for i in ids if i >= len(SPECIALS)]).strip()
 
@@ -66,9 +72,8 @@ class Tokenizer:
         for i in self.encode(prompt):
             ids.extend([IMAGE_ID] * image_tokens if i == IMAGE_ID else [i])
         ids.append(SEP_ID)
-        if prefix:
-            ids.extend(self.encode(prefix))
+        ids.extend(self.encode_answer(prefix))
         n_prompt = len(ids)
         if target is not None:
-            ids.extend(self.encode(target) + [EOS_ID])
+            ids.extend(self.encode_answer(target) + [EOS_ID])
         return ids, n_prompt
