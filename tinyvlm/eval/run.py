@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -161,7 +162,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     runs = {"model": [r.images[0] for r in records]}
     if cfg.baselines:
-        blank = _blank_image(out or Path(records[0].images[0]).parent, vlm.cfg.vit_image_size)
+        blank = _blank_image(out or Path(tempfile.mkdtemp(prefix="tinyvlm-eval-")), vlm.cfg.vit_image_size)
         runs["blind"] = [blank] * len(records)
     results: dict = {"config": asdict(cfg), "n": len(records), "runs": {}}
     for run, images in runs.items():
