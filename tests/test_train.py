@@ -83,3 +83,11 @@ def test_config_errors_are_clear(tmp_path, shapes):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(TinyVLMError, match="empty"):
         train(_cfg(tmp_path, tmp_path / "empty.jsonl"))
+
+
+def test_stream_with_every_record_held_out_fails_instead_of_spinning(shapes):
+    from tinyvlm.data.dataset import open_records
+    from tinyvlm.train import Stream
+    cfg = TrainConfig(data=str(shapes), out="unused", preset="nano", steps=1)
+    with pytest.raises(TinyVLMError, match="no training records left"):
+        next(iter(Stream(open_records(shapes), cfg, skip=lambda r: True)))

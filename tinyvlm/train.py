@@ -122,15 +122,15 @@ class Stream:
 
     def __iter__(self) -> Iterator[Example]:
         while True:
+            whole_epoch, yielded = self.pos == 0, False
             records = itertools.islice(self.source.epoch(self.epoch, self.cfg.seed), self.pos, None)
-            yielded = False
             for r in records:
                 self.pos += 1
                 if self.skip and self.skip(r):
                     continue
                 yielded = True
                 yield record_to_example(r, random.Random(f"{self.cfg.seed}:{self.epoch}:{self.pos}"), self.cfg.tasks)
-            if not yielded and self.pos == 0:
+            if whole_epoch and not yielded:  # every record is held out: fail, don't spin forever
                 raise TinyVLMError("no training records left after holding out the validation split")
             self.epoch, self.pos = self.epoch + 1, 0
 
@@ -217,7 +217,7 @@ class Trainer:
     def _optimizer(self) -> torch.optim.AdamW:
         params = [p for p in self.vlm.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]       # matrices and embeddings
-        no_decay = [p for p in params if p.dim() < 2]     # biases, LayerNorm, [CLS]
+        no_decay = [p for p in params if p.dim() < 2]     # biases and LayerNorm gains
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
                                   {"params": no_decay, "weight_decay": 0.0}],
                                  lr=self.cfg.lr, betas=(0.9, 0.95), fused=False)
