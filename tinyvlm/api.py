@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, atomic_dir, read_json, resolve
 from .config import VLMConfig
-from .data.batches import Collator, Example, ask_prompt, describe_prompt
+from .data.batches import MAX_TOKENS, Collator, Example, ask_prompt, describe_prompt
 from .data.images import preprocess
 from .errors import TinyVLMError
 from .generate import Sampling, generate
@@ -102,7 +102,7 @@ class TinyVLM:
         batch = [images] if single else list(images)
         if style not in ("short", "long"):
             raise TinyVLMError(f"unknown style '{style}': use 'short' or 'long'")
-        s = sampling or Sampling(max_new_tokens=48 if style == "short" else 128)
+        s = sampling or Sampling(max_new_tokens=MAX_TOKENS[style])
         out = self.generate([describe_prompt(style)] * len(batch), [[im] for im in batch], [prefix] * len(batch), s)
         return out[0] if single else out
 

@@ -60,12 +60,13 @@ def cmd_train(a):
 
 def cmd_describe(a):
     from .api import TinyVLM
+    from .data.batches import MAX_TOKENS
     vlm = TinyVLM.from_pretrained(a.model, device=a.device)
     from .data.images import load_image
     for path in a.images:
         load_image(path)  # every image checked before the model spends time on any
     texts = vlm.describe(list(a.images), style=a.style, prefix=a.prefix,
-                         sampling=_sampling(a, 48 if a.style == "short" else 128))
+                         sampling=_sampling(a, MAX_TOKENS[a.style]))
     for path, text in zip(a.images, texts):
         print(f"{path}\t{text}" if len(a.images) > 1 else text)
 

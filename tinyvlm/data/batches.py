@@ -20,6 +20,7 @@ from .records import Record, image_slots
 
 # The prompts a user's `describe` and `ask` send; training uses the same ones.
 PROMPTS = {"short": "Describe the picture.", "long": "Tell a little story about the picture."}
+MAX_TOKENS = {"short": 48, "long": 128}  # room to finish a 20-25 or a 60-70 word description
 TASKS = ("short", "long", "qa")
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..api import TinyVLM
 from ..checkpoint import resolve
-from ..data.batches import Example, ask_prompt, describe_prompt
+from ..data.batches import MAX_TOKENS, Example, ask_prompt, describe_prompt
 from ..data.dataset import open_records
 from ..data.images import fit_square, load_image
 from ..data.records import Record
@@ -105,7 +105,7 @@ def _blank_image(out: Path, size: int) -> str:
 
 
 def _describe(vlm: TinyVLM, images: list[str], style: str, prefixes: list[str], bs: int) -> list[str]:
-    s = Sampling(max_new_tokens=48 if style == "short" else 128)
+    s = Sampling(max_new_tokens=MAX_TOKENS[style])
     out = []
     for i in range(0, len(images), bs):
         chunk = images[i:i + bs]
