@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tinyvlm.config import get_preset
 from tinyvlm.data.images import preprocess
 from tinyvlm.data.world import COLOURS, KINDS, render, sample_scene
+from tinyvlm.errors import TinyVLMError
 from tinyvlm.model.vision import VisionEncoder
 
 KIND_LIST, COLOUR_LIST = list(KINDS), list(COLOURS)
@@ -101,4 +102,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TinyVLMError as e:  # e.g. a patch size the image size does not divide
+        raise SystemExit(f"error: {e}")
