@@ -51,6 +51,11 @@ class Probe(nn.Module):
         return self.head(self.encoder(x)[:, 1:]).max(1).values  # (N, outputs): the best patch's score
 
 
+def by_kind(t: torch.Tensor) -> torch.Tensor:
+    """The kind-and-colour part of scores or targets, (N, kinds, colours)."""
+    return t[:, N_KIND:].view(len(t), N_KIND, -1)
+
+
 @torch.no_grad()
 def score(model: Probe, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Kind F1 over (picture, kind) pairs, and colour accuracy: for each thing in a picture, is its
@@ -59,30 +64,33 @@ def score(model: Probe, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]
     pred, true = logits[:, :N_KIND] > 0, y[:, :N_KIND] > 0
     tp = (pred & true).sum().item()
     f1 = 2 * tp / max(1, pred.sum().item() + true.sum().item())
-    colour = logits[:, N_KIND:].view(len(x), N_KIND, -1).argmax(-1)
-    truth = y[:, N_KIND:].view(len(x), N_KIND, -1).argmax(-1)
-    return f1, (colour == truth)[true].float().mean().item()
+    return f1, (by_kind(logits).argmax(-1) == by_kind(y).argmax(-1))[true].float().mean().item()
+
+
+def patch_list(text: str) -> list[int]:
+    return [int(p) for p in text.split(",")]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=int, default=6, help="training time per patch size")
-    ap.add_argument("--patches", default="16,8")
+    ap.add_argument("--patches", type=patch_list, default="16,8", help="comma list of patch sizes")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--train", type=int, default=8000, help="training scenes")
     a = ap.parse_args()
+    for patch in a.patches:  # a bad geometry fails now, not after drawing thousands of scenes
+        get_preset("mini", vit_image_size=a.size, vit_patch_size=patch)
     torch.set_num_threads(1)
     x, y = scenes(a.train, seed=0, size=a.size)
     xt, yt = scenes(500, seed=1, size=a.size)
     # a blind guess: each kind's most common training colour
-    counts = y[:, N_KIND:].view(len(y), N_KIND, -1).sum(0)  # (kinds, colours)
-    truth = yt[:, N_KIND:].view(len(yt), N_KIND, -1).argmax(-1)
-    blind = (counts.argmax(-1).expand_as(truth) == truth)[yt[:, :N_KIND] > 0].float().mean().item()
+    truth = by_kind(yt).argmax(-1)
+    blind = (by_kind(y).sum(0).argmax(-1).expand_as(truth) == truth)[yt[:, :N_KIND] > 0].float().mean().item()
     print(f"{a.train} training and 500 held-out scenes at {a.size} px; {yt[:, :N_KIND].sum() / len(yt):.1f} "
           f"kinds per picture; colour from the kind alone (blind): {blind:.2f}")
     print(f"{'patch':>5} | {'minutes':>7} | {'steps':>6} | {'pictures seen':>13} | {'kind F1':>7} | {'colour acc':>10}")
     print("-" * 64)
-    for patch in map(int, a.patches.split(",")):
+    for patch in a.patches:
         torch.manual_seed(0)
         model = Probe(a.size, patch)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
