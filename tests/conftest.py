@@ -34,3 +34,20 @@ def make_shapes_dataset(root: Path, n: int = 24, size: int = 32, seed: int = 0) 
 @pytest.fixture
 def shapes(tmp_path) -> Path:
     return make_shapes_dataset(tmp_path / "shapes")
+
+
+def interrupt_training(monkeypatch, cfg, at):
+    """Run train(cfg) and stop it like Ctrl-C when it logs a row for which at(row) is true; the
+    checkpoints it saved before then are what a resume starts from."""
+    from tinyvlm.train import Trainer, train
+    real_log = Trainer._log
+
+    def crash(self, row):
+        if at(row):
+            raise KeyboardInterrupt
+        real_log(self, row)
+
+    monkeypatch.setattr(Trainer, "_log", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(Trainer, "_log", real_log)

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from conftest import make_shapes_dataset
+from conftest import interrupt_training, make_shapes_dataset
 from tinyvlm.api import TinyVLM
 from tinyvlm.errors import TinyVLMError
-from tinyvlm.train import Trainer, TrainConfig, train
+from tinyvlm.train import TrainConfig, train
 
 
 def _cfg(tmp_path, data, **kw):
@@ -39,17 +39,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, shapes, monkeypatch):
     train(_cfg(tmp_path / "a", shapes))
     straight = _metrics(tmp_path / "a" / "run")
 
-    real_log = Trainer._log
-
-    def crash_at_45(self, row):
-        if row.get("step") == 45:
-            raise KeyboardInterrupt
-        real_log(self, row)
-
-    monkeypatch.setattr(Trainer, "_log", crash_at_45)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tmp_path / "b", shapes))
-    monkeypatch.setattr(Trainer, "_log", real_log)
+    interrupt_training(monkeypatch, _cfg(tmp_path / "b", shapes), lambda row: row["step"] == 45)
     train(_cfg(tmp_path / "b", shapes), resume=True)
     resumed = _metrics(tmp_path / "b" / "run")
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("seed", int), ("eval-every", int), ("save-every", int), ("log-every", int),
                       ("eval-batches", int)):
         s.add_argument("--" + name, type=typ, dest=name.replace("-", "_"))
+    s.add_argument("--concept-pretrain", type=float, dest="concept_pretrain", metavar="SHARE",
+                   help="first spend this share of the budget teaching the image encoder the data's concepts "
+                        "(scene graphs or caption words), e.g. 0.2; default 0")
     s.add_argument("--tasks", help="comma list of short,long,qa (picture-book data); default all")
     s.add_argument("--augment", action="store_true", default=None)
     s.add_argument("--image-fit", dest="image_fit", choices=["pad", "crop"])

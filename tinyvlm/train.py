@@ -1,5 +1,6 @@
 """Training: AdamW, warmup + cosine, clipping, accumulation, validation, bf16 autocast, atomic
-checkpoints and exact resume.
+checkpoints and exact resume; optionally a first stage that teaches the image encoder the data's
+concepts (concepts.py) before the whole model learns to write.
 
 Everything random is derived from (seed, epoch, position) or (seed, step), never from state that
 lives only in memory, so a run resumed from its last checkpoint sees the same batches and the same
@@ -14,7 +15,7 @@ import random
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -24,15 +25,18 @@ from tqdm import tqdm
 
 from .api import TinyVLM, pick_device
 from .checkpoint import RUN_CHECKPOINT, atomic_dir, read_json
+from .concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
 from .config import get_preset
 from .data.batches import TASKS, Collator, Example, record_to_example
 from .data.dataset import RecordSource, open_records
+from .data.images import to_tensor
 from .data.records import Record
 from .errors import TinyVLMError
 from .model import VisionLanguageModel
 from .tokenizer import Tokenizer
 
 STATE, OPTIMIZER, METRICS, LOSS_PNG = "state.json", "optimizer.safetensors", "metrics.jsonl", "loss.png"
+CONCEPT_STAGE, CONCEPT_WEIGHTS = "concepts", "encoder_and_head.safetensors"  # RUN/concepts/: the first stage
 
 
 @dataclass
@@ -57,6 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     tasks: tuple[str, ...] = TASKS  # for picture-book records: which texts to teach
+    concept_pretrain: float = 0.0   # share of the budget first spent teaching the encoder concepts
     augment: bool = False
     image_fit: str = "pad"
     dtype: str = "auto"             # auto | fp32 | bf16
@@ -82,10 +87,27 @@ class TrainConfig:
         bad = set(self.tasks) - set(TASKS)
         if bad or not self.tasks:
             raise TinyVLMError(f"unknown task(s) {sorted(bad)}: choose from {', '.join(TASKS)}")
+        if not 0 <= self.concept_pretrain < 1:
+            raise TinyVLMError(f"concept_pretrain is a share of the budget, 0 <= share < 1; got {self.concept_pretrain}")
+        if self.steps is not None and self.concept_pretrain:
+            n = round(self.concept_pretrain * self.steps)
+            if not 1 <= n < self.steps:
+                raise TinyVLMError(f"concept_pretrain {self.concept_pretrain} of {self.steps} steps gives {n} to the concept "
+                                   "stage: each stage needs at least one step")
         get_preset(self.preset)  # unknown preset -> clear error now, not after loading data
 
     def comparable(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME}
+
+    def check_resumable(self, saved: dict):
+        """Refuse to resume a run saved with a different config (fields added since count as their
+        default)."""
+        defaults, now = {f.name: f.default for f in fields(self)}, self.comparable()
+        diff = [k for k in sorted(now) if saved.get(k, defaults.get(k)) != now[k]
+                and not (k == "tasks" and tuple(saved.get(k, ())) == now[k])]
+        if diff:
+            raise TinyVLMError("cannot resume with a different config: " +
+                               ", ".join(f"{k} was {saved.get(k, defaults.get(k))!r}, now {now[k]!r}" for k in diff))
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -115,10 +137,12 @@ def lr_at(step: int, progress: float, total: int, cfg: TrainConfig) -> float:
 
 
 class Stream:
-    """Examples in a fixed order: epoch by epoch through the source, from a saved position."""
+    """Examples in a fixed order: epoch by epoch through the source, from a saved position. `make`
+    turns a record into what the loop consumes (by default, this epoch's training example)."""
 
-    def __init__(self, source: RecordSource, cfg: TrainConfig, epoch: int = 0, pos: int = 0, skip=None):
+    def __init__(self, source: RecordSource, cfg: TrainConfig, epoch: int = 0, pos: int = 0, skip=None, make=None):
         self.source, self.cfg, self.epoch, self.pos, self.skip = source, cfg, epoch, pos, skip
+        self.make = make or (lambda r, rng: record_to_example(r, rng, cfg.tasks))
 
     def __iter__(self) -> Iterator[Example]:
         while True:
@@ -129,7 +153,7 @@ class Stream:
                 if self.skip and self.skip(r):
                     continue
                 yielded = True
-                yield record_to_example(r, random.Random(f"{self.cfg.seed}:{self.epoch}:{self.pos}"), self.cfg.tasks)
+                yield self.make(r, random.Random(f"{self.cfg.seed}:{self.epoch}:{self.pos}"))
             if whole_epoch and not yielded:  # every record is held out: fail, don't spin forever
                 raise TinyVLMError("no training records left after holding out the validation split")
             self.epoch, self.pos = self.epoch + 1, 0
@@ -155,13 +179,23 @@ class Trainer:
         self.use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and bf16_supported(self.device))
         self.train_src = open_records(cfg.data, "train")
         self.val_src, self.skip = self._validation_source()
-        state_file = self.out / RUN_CHECKPOINT / STATE
+        # the budget, split between the concept stage and the VLM
+        share = cfg.concept_pretrain
+        self.concept_steps = round(share * cfg.steps) if cfg.steps else None
+        self.vlm_steps = cfg.steps - self.concept_steps if cfg.steps else None
+        self.concept_minutes = share * cfg.minutes if cfg.minutes else None
+        self.vlm_minutes = (1 - share) * cfg.minutes if cfg.minutes else None
+        state_file, concept_state = self.out / RUN_CHECKPOINT / STATE, self.out / CONCEPT_STAGE / STATE
         if resume:
-            if not state_file.is_file():
-                raise TinyVLMError(f"nothing to resume in {self.out}: no checkpoint with training state")
-            self._load(state_file)
-        else:
             if state_file.is_file():
+                self._load(state_file)
+            elif concept_state.is_file():  # stopped in the concept stage: the VLM starts as it would have
+                cfg.check_resumable(read_json(concept_state)["train_config"])
+                self._fresh(keep_metrics=True)
+            else:
+                raise TinyVLMError(f"nothing to resume in {self.out}: no checkpoint with training state")
+        else:
+            if state_file.is_file() or concept_state.is_file():
                 raise TinyVLMError(f"{self.out} already holds a training run: pass --resume to continue it, "
                                    "or choose another --out")
             self._fresh()
@@ -177,7 +211,7 @@ class Trainer:
             return open_records(cfg.data, "val"), None
         return self.train_src, held_out  # validate on the held-out images, train on the rest
 
-    def _fresh(self):
+    def _fresh(self, keep_metrics: bool = False):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         tok = Tokenizer.train(training_texts(self.train_src), cfg.vocab_size)
@@ -185,37 +219,30 @@ class Trainer:
                           mp_pixel_shuffle=cfg.pixel_shuffle, lm_max_len=cfg.max_len, dropout=cfg.dropout,
                           lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
         self.vlm = TinyVLM(VisionLanguageModel(mcfg).to(self.device), tok, cfg.image_fit)
-        self.opt = self._optimizer()
-        self.step, self.epoch, self.pos, self.total_steps, self.elapsed = 0, 0, 0, cfg.steps, 0.0
+        self.opt = self._optimizer(self.vlm.model)
+        self.step, self.epoch, self.pos, self.total_steps, self.elapsed = 0, 0, 0, self.vlm_steps, 0.0
         self.best_val = float("inf")
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / METRICS).write_text("")
+        if not keep_metrics:
+            (self.out / METRICS).write_text("")
 
     def _load(self, state_file: Path):
         state = read_json(state_file)
-        saved, now = state["train_config"], self.cfg.comparable()
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k in now)
-        diff = [k for k in diff if not (k == "tasks" and tuple(saved.get(k, ())) == tuple(now[k]))]
-        if diff:
-            raise TinyVLMError("cannot resume with a different config: " +
-                               ", ".join(f"{k} was {saved.get(k)!r}, now {now.get(k)!r}" for k in diff))
+        self.cfg.check_resumable(state["train_config"])
         self.vlm = TinyVLM.from_pretrained(state_file.parent, device=str(self.device))
-        self.opt = self._optimizer()
-        tensors = load_file(state_file.parent / OPTIMIZER)
-        opt_state: dict[int, dict] = {}
-        for name, t in tensors.items():
-            idx, key = name.split(".", 1)
-            opt_state.setdefault(int(idx), {})[key] = t.to(self.device) if key != "step" else t
-        self.opt.load_state_dict({"state": opt_state, "param_groups": state["optimizer_groups"]})
+        self.opt = self._optimizer(self.vlm.model)
+        load_optimizer(self.opt, state_file.parent / OPTIMIZER, state["optimizer_groups"], self.device)
         self.step, self.epoch, self.pos = state["step"], state["epoch"], state["pos"]
         self.total_steps, self.elapsed, self.best_val = state["total_steps"], state["elapsed"], state["best_val"]
-        # drop metric lines written after the checkpoint, so the log matches the resumed run
-        lines = (self.out / METRICS).read_text().splitlines() if (self.out / METRICS).exists() else []
-        kept = [l for l in lines if json.loads(l).get("step", 0) <= self.step]
-        (self.out / METRICS).write_text("".join(l + "\n" for l in kept))
+        self._trim_metrics(lambda row: row.get("stage") == CONCEPT_STAGE or row.get("step", 0) <= self.step)
 
-    def _optimizer(self) -> torch.optim.AdamW:
-        params = [p for p in self.vlm.model.parameters() if p.requires_grad]
+    def _trim_metrics(self, keep):
+        """Drop metric lines written after the checkpoint, so the log matches the resumed run."""
+        lines = (self.out / METRICS).read_text().splitlines() if (self.out / METRICS).exists() else []
+        (self.out / METRICS).write_text("".join(l + "\n" for l in lines if keep(json.loads(l))))
+
+    def _optimizer(self, module: torch.nn.Module) -> torch.optim.AdamW:
+        params = [p for p in module.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]       # matrices and embeddings
         no_decay = [p for p in params if p.dim() < 2]     # biases and LayerNorm gains
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
@@ -260,10 +287,12 @@ class Trainer:
             times.append(time.perf_counter() - t0)
         self.vlm.model.zero_grad(set_to_none=True)
         per_step = min(times[1:]) * self.cfg.grad_accum * 1.15  # + data loading, eval, saving
-        return max(1, int(self.cfg.minutes * 60 / per_step))
+        return max(1, int(self.vlm_minutes * 60 / per_step))
 
     def run(self) -> TinyVLM:
         cfg, model = self.cfg, self.vlm.model
+        if cfg.concept_pretrain and self.step == 0:
+            ConceptStage(self).run()
         if self.total_steps is None:
             self.total_steps = self._calibrate(iter(Stream(self.train_src, cfg, skip=self.skip)))
         stream = Stream(self.train_src, cfg, self.epoch, self.pos, self.skip)
@@ -297,7 +326,7 @@ class Trainer:
             window["loss"] += step_loss
             window["n"] += 1
             bar.update(1)
-            if cfg.minutes and self.step % 50 == 0:  # re-estimate the step count for the progress bar
+            if self.vlm_minutes and self.step % 50 == 0:  # re-estimate the step count for the progress bar
                 bar.total = max(self.step, round(self.step / max(self.progress(), 1e-9)))
             last = self.progress() >= 1
             if self.step % cfg.log_every == 0 or last:
@@ -325,8 +354,8 @@ class Trainer:
         """Fraction of the budget spent: steps for a steps budget, wall-clock time for a minutes
         budget (so the learning rate anneals on time even when the machine is slower or faster
         than calibration measured; such runs are not bit-reproducible across machines)."""
-        if self.cfg.minutes:
-            return self.elapsed / (self.cfg.minutes * 60)
+        if self.vlm_minutes:
+            return self.elapsed / (self.vlm_minutes * 60)
         return self.step / self.total_steps
 
     def _log(self, row: dict):
@@ -337,13 +366,138 @@ class Trainer:
         """Model, tokenizer, optimizer and loop position, swapped in as one directory."""
         with atomic_dir(self.out / RUN_CHECKPOINT) as tmp:
             self.vlm.write_files(tmp)
-            opt_state = self.opt.state_dict()
-            save_file({f"{i}.{k}": v.detach().cpu().contiguous() for i, st in opt_state["state"].items()
-                       for k, v in st.items()}, tmp / OPTIMIZER)
+            opt_state = save_optimizer(self.opt, tmp / OPTIMIZER)
             state = {"step": self.step, "epoch": self.epoch, "pos": self.pos, "total_steps": self.total_steps,
                      "elapsed": self.elapsed, "best_val": self.best_val, "train_config": self.cfg.comparable(),
                      "optimizer_groups": opt_state["param_groups"]}
             (tmp / STATE).write_text(json.dumps(state, indent=2))
+
+
+class ConceptStage:
+    """The first stage: the image encoder, with a throwaway ConceptHead, learns which concepts
+    each picture holds (concepts.py), in place inside the VLM the Trainer will go on to train.
+    It has its own budget share, learning-rate schedule, checkpoint (RUN/concepts/) and exact
+    resume, built from the same parts as the VLM stage."""
+
+    def __init__(self, trainer: Trainer):
+        self.t, cfg = trainer, trainer.cfg
+        self.dir, self.encoder = trainer.out / CONCEPT_STAGE, trainer.vlm.model.vision
+        self.grid = trainer.vlm.cfg.vit_image_size // trainer.vlm.cfg.vit_patch_size
+        state_file = self.dir / STATE
+        if state_file.is_file():
+            state = read_json(state_file)
+            self.vocab = state["concepts"]
+            self._build()
+            weights = load_file(self.dir / CONCEPT_WEIGHTS, device=str(trainer.device))
+            self.both.load_state_dict(weights)
+            load_optimizer(self.opt, self.dir / OPTIMIZER, state["optimizer_groups"], trainer.device)
+            self.step, self.epoch, self.pos, self.elapsed = state["step"], state["epoch"], state["pos"], state["elapsed"]
+            trainer._trim_metrics(lambda row: row.get("stage") == CONCEPT_STAGE and row["step"] <= self.step)
+        else:
+            skip = trainer.skip
+            self.vocab = build_vocab(r for r in trainer.train_src if not (skip and skip(r)))
+            torch.manual_seed(cfg.seed)
+            self._build()
+            self.step, self.epoch, self.pos, self.elapsed = 0, 0, 0, 0.0
+        self.index = {c: i for i, c in enumerate(self.vocab)}
+        n = cfg.eval_batches * cfg.batch_size
+        self.val = list(itertools.islice((r for r in trainer.val_src if usable(r) and
+                                          (trainer.skip is None or trainer.skip(r))), n))
+
+    def _build(self):
+        t = self.t
+        self.head = ConceptHead(t.vlm.cfg.vit_width, len(self.vocab)).to(t.device)
+        self.both = torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head})
+        self.opt = t._optimizer(self.both)
+
+    def progress(self) -> float:
+        t = self.t
+        return self.elapsed / (t.concept_minutes * 60) if t.concept_minutes else self.step / t.concept_steps
+
+    def pixels(self, records: list[Record]) -> torch.Tensor:
+        return torch.stack([to_tensor(self.t.collate.images.get(r.images[0])) for r in records]).to(self.t.device)
+
+    def scores(self, records: list[Record]) -> torch.Tensor:
+        with torch.autocast(self.t.device.type, dtype=torch.bfloat16, enabled=self.t.use_bf16):
+            return self.head(self.encoder(self.pixels(records)))
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Held-out concept loss and F1 (is each concept in the picture?), for the log."""
+        self.both.eval()
+        loss, tp, pred, true, bs = 0.0, 0, 0, 0, self.t.cfg.batch_size
+        for i in range(0, len(self.val), bs):
+            recs = self.val[i:i + bs]
+            s, tgt = self.scores(recs), [targets(r, self.index, self.grid) for r in recs]
+            loss += concept_loss(s, tgt).item() * len(recs)
+            a, b, c = concept_f1(s, tgt)
+            tp, pred, true = tp + a, pred + b, true + c
+        self.both.train()
+        return {"val_concept_loss": loss / len(self.val), "val_concept_f1": 2 * tp / max(1, pred + true)}
+
+    def run(self):
+        t, cfg = self.t, self.t.cfg
+        skip = (lambda r: not usable(r) or (t.skip is not None and t.skip(r)))
+        stream = Stream(t.train_src, cfg, self.epoch, self.pos, skip, make=lambda r, rng: r)
+        records = iter(stream)
+        horizon = t.concept_steps or 10 * cfg.warmup  # a minutes budget: warm up for cfg.warmup steps
+        self.both.train()
+        window, start, start_elapsed = [0.0, 0, time.perf_counter()], time.perf_counter(), self.elapsed
+        while self.progress() < 1:
+            torch.manual_seed(cfg.seed * 1_000_003 + self.step)
+            lr = lr_at(self.step, self.progress(), horizon, cfg)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            batch = [next(records) for _ in range(cfg.batch_size)]
+            loss = concept_loss(self.scores(batch), [targets(r, self.index, self.grid) for r in batch])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.both.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.step += 1
+            self.epoch, self.pos = stream.epoch, stream.pos
+            self.elapsed = start_elapsed + time.perf_counter() - start
+            window[0], window[1] = window[0] + loss.item(), window[1] + 1
+            last = self.progress() >= 1
+            if self.step % cfg.log_every == 0 or last:
+                dt = time.perf_counter() - window[2]
+                t._log({"stage": CONCEPT_STAGE, "step": self.step, "concept_loss": window[0] / window[1], "lr": lr,
+                        "images_per_s": window[1] * cfg.batch_size / dt, "elapsed_s": self.elapsed})
+                window = [0.0, 0, time.perf_counter()]
+            if self.val and (self.step % cfg.eval_every == 0 or last):
+                val = self.validate()
+                t._log({"stage": CONCEPT_STAGE, "step": self.step, **val, "elapsed_s": self.elapsed})
+                if last and cfg.progress:
+                    print(f"concept stage: {self.step} steps, {len(self.vocab)} concepts, held-out concept F1 "
+                          f"{val['val_concept_f1']:.2f}", file=sys.stderr)
+            if self.step % cfg.save_every == 0 or last:
+                self.save()
+
+    def save(self):
+        with atomic_dir(self.dir) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.both.state_dict().items()}, tmp / CONCEPT_WEIGHTS)
+            groups = save_optimizer(self.opt, tmp / OPTIMIZER)["param_groups"]
+            state = {"step": self.step, "epoch": self.epoch, "pos": self.pos, "elapsed": self.elapsed,
+                     "concepts": self.vocab, "train_config": self.t.cfg.comparable(), "optimizer_groups": groups}
+            (tmp / STATE).write_text(json.dumps(state, indent=2))
+
+
+def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> dict:
+    """Optimizer tensors as safetensors ("<param index>.<key>"); returns the state dict, whose
+    param_groups the caller keeps as JSON."""
+    state = opt.state_dict()
+    save_file({f"{i}.{k}": v.detach().cpu().contiguous() for i, st in state["state"].items()
+               for k, v in st.items()}, path)
+    return state
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path, groups: list, device: torch.device):
+    tensors = load_file(path)
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = t.to(device) if key != "step" else t
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TinyVLM:
