@@ -211,6 +211,12 @@ class Trainer:
             return open_records(cfg.data, "val"), None
         return self.train_src, held_out  # validate on the held-out images, train on the rest
 
+    def training_records(self) -> Iterator[Record]:
+        return (r for r in self.train_src if not (self.skip and self.skip(r)))
+
+    def validation_records(self) -> Iterator[Record]:
+        return (r for r in self.val_src if self.skip is None or self.skip(r))
+
     def _fresh(self, keep_metrics: bool = False):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -252,7 +258,7 @@ class Trainer:
     def _val_examples(self) -> list[list[Example]]:
         rng = random.Random(self.cfg.seed)
         n = self.cfg.eval_batches * self.cfg.batch_size
-        recs = list(itertools.islice((r for r in self.val_src if self.skip is None or self.skip(r)), n))
+        recs = list(itertools.islice(self.validation_records(), n))
         if not recs:
             return []
         ex = [record_to_example(r, rng, self.cfg.tasks) for r in recs]
@@ -394,15 +400,13 @@ class ConceptStage:
             self.step, self.epoch, self.pos, self.elapsed = state["step"], state["epoch"], state["pos"], state["elapsed"]
             trainer._trim_metrics(lambda row: row.get("stage") == CONCEPT_STAGE and row["step"] <= self.step)
         else:
-            skip = trainer.skip
-            self.vocab = build_vocab(r for r in trainer.train_src if not (skip and skip(r)))
+            self.vocab = build_vocab(trainer.training_records())
             torch.manual_seed(cfg.seed)
             self._build()
             self.step, self.epoch, self.pos, self.elapsed = 0, 0, 0, 0.0
         self.index = {c: i for i, c in enumerate(self.vocab)}
         n = cfg.eval_batches * cfg.batch_size
-        self.val = list(itertools.islice((r for r in trainer.val_src if usable(r) and
-                                          (trainer.skip is None or trainer.skip(r))), n))
+        self.val = list(itertools.islice(filter(usable, trainer.validation_records()), n))
 
     def _build(self):
         t = self.t
