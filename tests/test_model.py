@@ -28,6 +28,13 @@ def test_bad_geometry_is_a_clear_error():
         get_preset("nano", vit_image_size=30)
 
 
+def test_conv_stem_needs_a_power_of_two_patch():
+    with pytest.raises(TinyVLMError, match="power of 2"):
+        get_preset("nano", vit_image_size=36, vit_patch_size=12, vit_stem="conv")
+    with pytest.raises(TinyVLMError, match="unknown vit_stem"):
+        get_preset("nano", vit_stem="resnet")
+
+
 def _tokenizer():
     return Tokenizer.train(["a red ball on the grass.", "a blue cup in the room.", "What colour is the ball? red"] * 5, 300)
 
@@ -104,8 +111,12 @@ def test_slot_count_mismatch_is_an_error():
         m(ids, torch.randn(1, 3, 32, 32))
 
 
-def test_save_load_round_trip_gives_identical_logits(tmp_path):
-    vlm = TinyVLM(_model(), _tokenizer())
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_save_load_round_trip_gives_identical_logits(tmp_path, stem):
+    model = _model(vit_stem=stem)
+    with torch.no_grad():  # move the conv stem's batch-norm statistics off their initial values
+        model.train().vision(torch.randn(4, 3, 32, 32) * 3 + 1)
+    vlm = TinyVLM(model.eval(), _tokenizer())
     vlm.save_pretrained(tmp_path / "m")
     loaded = TinyVLM.from_pretrained(tmp_path / "m")
     ids = torch.tensor(_prompts(vlm.cfg)[:1])
@@ -113,6 +124,7 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path):
     with torch.no_grad():
         assert torch.equal(vlm.model(ids, images)[0], loaded.model(ids, images)[0])
     assert loaded.tokenizer.encode("a red ball") == vlm.tokenizer.encode("a red ball")
+    assert loaded.cfg.vit_stem == stem
 
 
 def test_model_dir_without_weights_is_a_clear_error(tmp_path):

@@ -35,9 +35,11 @@ def cmd_info(a):
         vlm = TinyVLM.from_pretrained(a.model)
         cfg, counts, name = vlm.cfg, vlm.model.num_params(), a.model
     else:
-        cfg = get_preset(a.preset, lm_vocab_size=a.vocab_size, vit_image_size=a.image_size, vit_patch_size=a.patch_size)
+        cfg = get_preset(a.preset, lm_vocab_size=a.vocab_size, vit_image_size=a.image_size, vit_patch_size=a.patch_size,
+                         vit_stem=a.stem)
         counts, name = VisionLanguageModel(cfg).num_params(), f"preset {a.preset}"
-    print(f"{name}: {cfg.vit_image_size}px images, {cfg.vit_patch_size}px patches -> {cfg.image_tokens} image tokens, "
+    print(f"{name}: {cfg.vit_image_size}px images, {cfg.vit_patch_size}px patches ({cfg.vit_stem} stem) -> "
+          f"{cfg.image_tokens} image tokens, "
           f"vocabulary {cfg.lm_vocab_size}")
     for part in ("vision", "connector", "decoder", "total"):
         print(f"  {part:<10} {counts[part]:>12,}")
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, default=None, help="default: the preset's reference size")
     s.add_argument("--image-size", type=int, default=None)
     s.add_argument("--patch-size", type=int, default=None)
+    s.add_argument("--stem", choices=["patch", "conv"], default=None)
     s.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("train", help="train a model on a JSONL file or a dataset folder")
@@ -146,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ("seed", int), ("eval-every", int), ("save-every", int), ("log-every", int),
                       ("eval-batches", int)):
         s.add_argument("--" + name, type=typ, dest=name.replace("-", "_"))
+    s.add_argument("--stem", choices=["patch", "conv"], help="the image encoder's patch embedding: one linear "
+                   "map per patch (patch, the presets' default) or small 3x3 convolutions (conv)")
     s.add_argument("--concept-pretrain", type=float, dest="concept_pretrain", metavar="SHARE",
                    help="first spend this share of the budget teaching the image encoder the data's concepts "
                         "(scene graphs or caption words), e.g. 0.2; default 0")

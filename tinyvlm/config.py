@@ -14,9 +14,10 @@ from .errors import TinyVLMError
 
 @dataclass(frozen=True)
 class VLMConfig:
-    # vision encoder (ViT): conv patch embedding + [CLS] + learned positions + pre-LN blocks
+    # vision encoder (ViT): patch embedding + [CLS] + learned positions + pre-LN blocks
     vit_image_size: int = 224
     vit_patch_size: int = 16
+    vit_stem: str = "patch"  # patch embedding: "patch" (one linear map per patch) or "conv" (3x3 convs)
     vit_width: int = 400
     vit_depth: int = 1
     vit_heads: int = 8
@@ -36,6 +37,11 @@ class VLMConfig:
     def __post_init__(self):
         if self.vit_image_size % self.vit_patch_size:
             raise TinyVLMError(f"image size {self.vit_image_size} is not a multiple of patch size {self.vit_patch_size}")
+        if self.vit_stem not in ("patch", "conv"):
+            raise TinyVLMError(f"unknown vit_stem '{self.vit_stem}': use patch or conv")
+        p = self.vit_patch_size
+        if self.vit_stem == "conv" and (p < 4 or p & (p - 1)):
+            raise TinyVLMError(f"the conv stem halves the picture per layer: its patch size must be a power of 2, >= 4; got {p}")
         grid = self.vit_image_size // self.vit_patch_size
         if grid % self.mp_pixel_shuffle:
             raise TinyVLMError(f"patch grid {grid} is not divisible by pixel-shuffle factor {self.mp_pixel_shuffle}")

@@ -47,6 +47,7 @@ class TrainConfig:
     val_data: str | None = None     # default: DATA's val/ split, else 5% of records held out by image
     image_size: int | None = None   # preset overrides, e.g. 64 px for fast CPU runs
     patch_size: int | None = None
+    stem: str | None = None         # the encoder's patch embedding: patch (preset default) or conv
     pixel_shuffle: int | None = None
     max_len: int | None = None
     dropout: float | None = None
@@ -94,7 +95,9 @@ class TrainConfig:
             if not 1 <= n < self.steps:
                 raise TinyVLMError(f"concept_pretrain {self.concept_pretrain} of {self.steps} steps gives {n} to the concept "
                                    "stage: each stage needs at least one step")
-        get_preset(self.preset)  # unknown preset -> clear error now, not after loading data
+        # an unknown preset or a geometry that does not fit -> a clear error now, not after loading data
+        get_preset(self.preset, vit_image_size=self.image_size, vit_patch_size=self.patch_size, vit_stem=self.stem,
+                   mp_pixel_shuffle=self.pixel_shuffle, lm_max_len=self.max_len)
 
     def comparable(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME}
@@ -222,7 +225,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         tok = Tokenizer.train(training_texts(self.train_src), cfg.vocab_size)
         mcfg = get_preset(cfg.preset, vit_image_size=cfg.image_size, vit_patch_size=cfg.patch_size,
-                          mp_pixel_shuffle=cfg.pixel_shuffle, lm_max_len=cfg.max_len, dropout=cfg.dropout,
+                          vit_stem=cfg.stem, mp_pixel_shuffle=cfg.pixel_shuffle, lm_max_len=cfg.max_len, dropout=cfg.dropout,
                           lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
         self.vlm = TinyVLM(VisionLanguageModel(mcfg).to(self.device), tok, cfg.image_fit)
         self.opt = self._optimizer(self.vlm.model)
