@@ -8,6 +8,7 @@ import argparse
 import sys
 from dataclasses import fields
 
+from .config import STEMS
 from .errors import TinyVLMError
 
 
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab-size", type=int, default=None, help="default: the preset's reference size")
     s.add_argument("--image-size", type=int, default=None)
     s.add_argument("--patch-size", type=int, default=None)
-    s.add_argument("--stem", choices=["patch", "conv"], default=None)
+    s.add_argument("--stem", choices=STEMS, default=None)
     s.set_defaults(fn=cmd_info)
 
     s = sub.add_parser("train", help="train a model on a JSONL file or a dataset folder")
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("seed", int), ("eval-every", int), ("save-every", int), ("log-every", int),
                       ("eval-batches", int)):
         s.add_argument("--" + name, type=typ, dest=name.replace("-", "_"))
-    s.add_argument("--stem", choices=["patch", "conv"], help="the image encoder's patch embedding: one linear "
+    s.add_argument("--stem", choices=STEMS, help="the image encoder's patch embedding: one linear "
                    "map per patch (patch, the presets' default) or small 3x3 convolutions (conv)")
     s.add_argument("--concept-pretrain", type=float, dest="concept_pretrain", metavar="SHARE",
                    help="first spend this share of the budget teaching the image encoder the data's concepts "

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from .errors import TinyVLMError
 
 
+STEMS = ("patch", "conv")  # the image encoder's patch embeddings (model/vision.py)
+
+
 @dataclass(frozen=True)
 class VLMConfig:
     # vision encoder (ViT): patch embedding + [CLS] + learned positions + pre-LN blocks
@@ -37,8 +40,8 @@ class VLMConfig:
     def __post_init__(self):
         if self.vit_image_size % self.vit_patch_size:
             raise TinyVLMError(f"image size {self.vit_image_size} is not a multiple of patch size {self.vit_patch_size}")
-        if self.vit_stem not in ("patch", "conv"):
-            raise TinyVLMError(f"unknown vit_stem '{self.vit_stem}': use patch or conv")
+        if self.vit_stem not in STEMS:
+            raise TinyVLMError(f"unknown vit_stem '{self.vit_stem}': use {' or '.join(STEMS)}")
         p = self.vit_patch_size
         if self.vit_stem == "conv" and (p < 4 or p & (p - 1)):
             raise TinyVLMError(f"the conv stem halves the picture per layer: its patch size must be a power of 2, >= 4; got {p}")

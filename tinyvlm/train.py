@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .api import TinyVLM, pick_device
 from .checkpoint import RUN_CHECKPOINT, atomic_dir, read_json
 from .concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
-from .config import get_preset
+from .config import VLMConfig, get_preset
 from .data.batches import TASKS, Collator, Example, record_to_example
 from .data.dataset import RecordSource, open_records
 from .data.images import to_tensor
@@ -95,9 +95,13 @@ class TrainConfig:
             if not 1 <= n < self.steps:
                 raise TinyVLMError(f"concept_pretrain {self.concept_pretrain} of {self.steps} steps gives {n} to the concept "
                                    "stage: each stage needs at least one step")
-        # an unknown preset or a geometry that does not fit -> a clear error now, not after loading data
-        get_preset(self.preset, vit_image_size=self.image_size, vit_patch_size=self.patch_size, vit_stem=self.stem,
-                   mp_pixel_shuffle=self.pixel_shuffle, lm_max_len=self.max_len)
+        self.model_config()  # an unknown preset or a geometry that does not fit -> a clear error now, not after loading data
+
+    def model_config(self, **more) -> VLMConfig:
+        """The preset with this run's model overrides (and `more`, e.g. the tokenizer's vocabulary size)."""
+        return get_preset(self.preset, vit_image_size=self.image_size, vit_patch_size=self.patch_size,
+                          vit_stem=self.stem, mp_pixel_shuffle=self.pixel_shuffle, lm_max_len=self.max_len,
+                          dropout=self.dropout, **more)
 
     def comparable(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME}
@@ -224,9 +228,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         tok = Tokenizer.train(training_texts(self.train_src), cfg.vocab_size)
-        mcfg = get_preset(cfg.preset, vit_image_size=cfg.image_size, vit_patch_size=cfg.patch_size,
-                          vit_stem=cfg.stem, mp_pixel_shuffle=cfg.pixel_shuffle, lm_max_len=cfg.max_len, dropout=cfg.dropout,
-                          lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
+        mcfg = cfg.model_config(lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
         self.vlm = TinyVLM(VisionLanguageModel(mcfg).to(self.device), tok, cfg.image_fit)
         self.opt = self._optimizer(self.vlm.model)
         self.step, self.epoch, self.pos, self.total_steps, self.elapsed = 0, 0, 0, self.vlm_steps, 0.0
