@@ -41,10 +41,13 @@ def test_unknown_preset_lists_valid(capsys):
     assert code == 2 and "nano, mini, base, large" in err[0]
 
 
-def test_bad_model_geometry_fails_before_reading_data(capsys, tmp_path):
+def test_bad_model_geometry_or_freezing_nothing_fails_before_reading_data(capsys, tmp_path):
     code, err = _err(capsys, ["train", "--data", str(tmp_path / "not-yet-made"), "--out", str(tmp_path / "run"),
                               "--stem", "conv", "--patch-size", "12", "--image-size", "48", "--steps", "5"])
     assert code == 2 and len(err) == 1 and "power of 2" in err[0]
+    code, err = _err(capsys, ["train", "--data", str(tmp_path / "not-yet-made"), "--out", str(tmp_path / "run"),
+                              "--freeze-encoder", "--steps", "5"])
+    assert code == 2 and len(err) == 1 and "needs concept_pretrain" in err[0]
 
 
 def test_model_without_weights(capsys, model_dir, tmp_path):

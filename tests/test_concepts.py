@@ -94,3 +94,23 @@ def test_resume_from_either_stage_reproduces_the_uninterrupted_run(tmp_path, sha
     for a, b in zip(straight, resumed):
         key = next(k for k in ("concept_loss", "val_concept_loss", "loss", "val_loss") if k in a)
         assert b[key] == pytest.approx(a[key], abs=1e-4)
+
+
+def test_a_frozen_encoder_leaves_the_vlm_stage_exactly_as_the_concept_stage_left_it(tmp_path, shapes, monkeypatch):
+    """--freeze-encoder: weights and batch-norm statistics unchanged through the VLM stage, also
+    across a resume, while the decoder learns; and it needs a concept stage to freeze."""
+    from safetensors.torch import load_file
+    with pytest.raises(TinyVLMError, match="needs concept_pretrain"):
+        TrainConfig(data="x", out="y", steps=10, freeze_encoder=True)
+    cfg = _cfg(tmp_path, shapes, stem="conv", freeze_encoder=True)
+    interrupt_training(monkeypatch, cfg, lambda row: row.get("stage") is None and row["step"] == 25)
+    train(cfg, resume=True)
+    run = tmp_path / "run"
+    stage = {k[len("encoder."):]: v for k, v in load_file(run / "concepts/encoder_and_head.safetensors").items()
+             if k.startswith("encoder.")}
+    final = {k[len("vision."):]: v for k, v in load_file(run / "checkpoint/model.safetensors").items()
+             if k.startswith("vision.")}
+    assert any("running_mean" in k for k in stage) and stage.keys() == final.keys()
+    assert all(torch.equal(stage[k], final[k]) for k in stage)
+    losses = [r["loss"] for r in _metrics(run) if "loss" in r]
+    assert losses[-1] < 0.7 * losses[0], losses

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--concept-pretrain", type=float, dest="concept_pretrain", metavar="SHARE",
                    help="first spend this share of the budget teaching the image encoder the data's concepts "
                         "(scene graphs or caption words), e.g. 0.2; default 0")
+    s.add_argument("--freeze-encoder", action="store_true", default=None, dest="freeze_encoder",
+                   help="with --concept-pretrain: keep the encoder as that stage left it while the VLM "
+                        "learns to read it")
     s.add_argument("--tasks", help="comma list of short,long,qa (picture-book data); default all")
     s.add_argument("--augment", action="store_true", default=None)
     s.add_argument("--image-fit", dest="image_fit", choices=["pad", "crop"])

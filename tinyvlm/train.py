@@ -63,6 +63,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     tasks: tuple[str, ...] = TASKS  # for picture-book records: which texts to teach
     concept_pretrain: float = 0.0   # share of the budget first spent teaching the encoder concepts
+    freeze_encoder: bool = False    # then keep that encoder fixed while the VLM learns to read it
     augment: bool = False
     image_fit: str = "pad"
     dtype: str = "auto"             # auto | fp32 | bf16
@@ -90,6 +91,9 @@ class TrainConfig:
             raise TinyVLMError(f"unknown task(s) {sorted(bad)}: choose from {', '.join(TASKS)}")
         if not 0 <= self.concept_pretrain < 1:
             raise TinyVLMError(f"concept_pretrain is a share of the budget, 0 <= share < 1; got {self.concept_pretrain}")
+        if self.freeze_encoder and not self.concept_pretrain:
+            raise TinyVLMError("freeze_encoder keeps the encoder as the concept stage left it, so it needs "
+                               "concept_pretrain > 0 (a from-scratch encoder would stay random)")
         if self.steps is not None and self.concept_pretrain:
             n = round(self.concept_pretrain * self.steps)
             if not 1 <= n < self.steps:
@@ -283,14 +287,21 @@ class Trainer:
             return None
         self.vlm.model.eval()
         losses = [self.loss(self.collate(b)).item() for b in self.val_batches]
-        self.vlm.model.train()
+        self.train_mode()
         return sum(losses) / len(losses)
+
+    def train_mode(self):
+        """The VLM stage's train mode. With freeze_encoder the encoder is left out of the gradient
+        and kept in eval mode, so its batch-norm statistics stay as the concept stage left them."""
+        self.vlm.model.train()
+        if self.cfg.freeze_encoder:
+            self.vlm.model.vision.eval().requires_grad_(False)
 
     def _calibrate(self, stream: Iterator[Example]) -> int:
         """Estimate how many steps a minutes budget buys (for warmup and the progress bar): time a
         few forward+backward passes without updating the model."""
         batch = self.collate([next(stream) for _ in range(self.cfg.batch_size)])
-        self.vlm.model.train()
+        self.train_mode()
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -308,7 +319,7 @@ class Trainer:
             self.total_steps = self._calibrate(iter(Stream(self.train_src, cfg, skip=self.skip)))
         stream = Stream(self.train_src, cfg, self.epoch, self.pos, self.skip)
         examples = iter(stream)
-        model.train()
+        self.train_mode()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress, unit="step",
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10)
         window = {"loss": 0.0, "n": 0, "samples": 0, "tokens": 0, "t": time.perf_counter()}
