@@ -13,7 +13,8 @@ from .data.dataset import open_records
 from .data.world import parse_claims, verify, write_world
 from .eval.report import markdown_table, score_rows
 from .eval.run import EvalConfig, evaluate
-from .train import TrainConfig, train
+from .checkpoint import RUN_CHECKPOINT
+from .train import CONCEPT_STAGE, STATE, TrainConfig, train
 
 # 64 px pictures in 16 px patches (17 image tokens) train ~3.7x faster than 8 px patches, and in a
 # few minutes more samples beat finer patches; dropout only slows a model this far from overfitting.
@@ -37,7 +38,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 8.0, preset: str = "mini",
         write_world(test_dir, n=n_test, size=64, seed=seed + 1)
 
     print(f"2/4 training the {preset} model for {minutes:g} minutes")
-    resume = any((run / stage / "state.json").exists() for stage in ("checkpoint", "concepts"))
+    resume = any((run / stage / STATE).exists() for stage in (RUN_CHECKPOINT, CONCEPT_STAGE))
     train(TrainConfig(data=str(train_dir), out=str(run), preset=preset, minutes=minutes, seed=seed, **DEMO_MODEL),
           resume=resume)
 
