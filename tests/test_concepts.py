@@ -38,6 +38,11 @@ def test_scene_targets_are_per_patch_and_caption_targets_per_picture():
     assert torch.nonzero(t[:, index["red ball"]]).flatten().tolist() == [0]  # the ball sits in the top-left cell
     tree = set(torch.nonzero(t[:, index["2 tree"]]).flatten().tolist())
     assert tree == set(covered_cells(SCENE["things"][1]["box"], 4)) and {10, 11, 14, 15} <= tree and 0 not in tree
+    # each attribute alone too, wherever a thing with it sits: one "big" for every kind
+    assert set(torch.nonzero(t[:, index["size big"]]).flatten().tolist()) == tree
+    assert torch.nonzero(t[:, index["size small"]]).flatten().tolist() == [0]
+    assert torch.equal(t[:, index["colour red"]], t[:, index["red ball"]])
+    assert torch.equal(t[:, index["count 2"]], t[:, index["2 tree"]])
     assert not t[:, index["red ball"]].bool().logical_and(t[:, index["tree"]].bool()).any()
 
     cap = [Record(images=[f"{i}.png"], text=f"a {c} dog on the grass") for i, c in enumerate(["red", "red", "blue", "blue"])]

@@ -35,9 +35,13 @@ they them their one what who which when where how can see look""".split())
 
 
 def thing_concepts(thing: dict) -> list[str]:
-    """What a patch covered by this thing should know: its kind, and its kind with each attribute."""
-    kind = thing["kind"]
-    return [kind, f"{thing['colour']} {kind}", f"{thing['size']} {kind}", f"{thing['count']} {kind}"]
+    """What a patch covered by this thing should know: its kind, its kind with each attribute, and
+    each attribute alone. Why the last: with only "big duck", "big cat", ... each kind's bigness
+    is a feature of its own, and the decoder would have to learn to read it kind by kind; "size
+    big" makes the encoder keep one direction for it that every question can read."""
+    kind, attrs = thing["kind"], (thing["colour"], thing["size"], thing["count"])
+    return [kind, *(f"{a} {kind}" for a in attrs),
+            f"colour {attrs[0]}", f"size {attrs[1]}", f"count {attrs[2]}"]
 
 
 def setting_concepts(scene: dict) -> list[str]:
