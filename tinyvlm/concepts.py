@@ -39,9 +39,9 @@ def thing_concepts(thing: dict) -> list[str]:
     each attribute alone. Why the last: with only "big duck", "big cat", ... each kind's bigness
     is a feature of its own, and the decoder would have to learn to read it kind by kind; "size
     big" makes the encoder keep one direction for it that every question can read."""
-    kind, attrs = thing["kind"], (thing["colour"], thing["size"], thing["count"])
-    return [kind, *(f"{a} {kind}" for a in attrs),
-            f"colour {attrs[0]}", f"size {attrs[1]}", f"count {attrs[2]}"]
+    kind = thing["kind"]
+    attrs = {name: thing[name] for name in ("colour", "size", "count")}
+    return [kind, *(f"{v} {kind}" for v in attrs.values()), *(f"{name} {v}" for name, v in attrs.items())]
 
 
 def setting_concepts(scene: dict) -> list[str]:
