@@ -81,3 +81,26 @@ def test_stream_with_every_record_held_out_fails_instead_of_spinning(shapes):
     cfg = TrainConfig(data=str(shapes), out="unused", preset="nano", steps=1)
     with pytest.raises(TinyVLMError, match="no training records left"):
         next(iter(Stream(open_records(shapes), cfg, skip=lambda r: True)))
+
+
+def test_each_step_teaches_one_task_so_batches_are_not_padding(tmp_path):
+    """Picture-book records teach a short description, a story or an answer. Drawn per record,
+    nearly every batch holds a story and pads the rest to its length; one task a step keeps a
+    batch's sequences alike, so all three tasks still take their turn with little padding."""
+    from tinyvlm.data.batches import PROMPTS, record_to_example
+    from tinyvlm.data.world import write_world
+    from tinyvlm.tokenizer import PAD_ID
+    from tinyvlm.train import Stream, Trainer
+    data = write_world(tmp_path / "w", 64, size=32, seed=0, progress=False, workers=1)
+    tr = Trainer(_cfg(tmp_path, data, tasks=("short", "long", "qa"), batch_size=16))
+    records = iter(Stream(tr.train_src, tr.cfg))
+    padding = []
+    for step, task in enumerate(["short", "long", "qa", "short"]):
+        examples = tr.batch_examples(records, step)
+        prompts = {e.prompt.split("> ", 1)[-1] for e in examples}
+        assert prompts == {PROMPTS[task]} if task != "qa" else not prompts & set(PROMPTS.values())
+        ids = tr.collate(examples)["input_ids"]
+        padding.append((ids == PAD_ID).float().mean().item())
+    assert max(padding) < 0.25, padding
+    mixed = [record_to_example(r, rng) for r, rng in (next(records) for _ in range(16))]
+    assert (tr.collate(mixed)["input_ids"] == PAD_ID).float().mean() > 0.35  # what one task a step saves

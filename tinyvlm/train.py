@@ -148,14 +148,13 @@ def lr_at(step: int, progress: float, total: int, cfg: TrainConfig) -> float:
 
 
 class Stream:
-    """Examples in a fixed order: epoch by epoch through the source, from a saved position. `make`
-    turns a record into what the loop consumes (by default, this epoch's training example)."""
+    """Records in a fixed order: epoch by epoch through the source, from a saved position, each with
+    a random generator seeded by its place in that order (what it teaches is drawn from it)."""
 
-    def __init__(self, source: RecordSource, cfg: TrainConfig, epoch: int = 0, pos: int = 0, skip=None, make=None):
+    def __init__(self, source: RecordSource, cfg: TrainConfig, epoch: int = 0, pos: int = 0, skip=None):
         self.source, self.cfg, self.epoch, self.pos, self.skip = source, cfg, epoch, pos, skip
-        self.make = make or (lambda r, rng: record_to_example(r, rng, cfg.tasks))
 
-    def __iter__(self) -> Iterator[Example]:
+    def __iter__(self) -> Iterator[tuple[Record, random.Random]]:
         while True:
             whole_epoch, yielded = self.pos == 0, False
             records = itertools.islice(self.source.epoch(self.epoch, self.cfg.seed), self.pos, None)
@@ -164,7 +163,7 @@ class Stream:
                 if self.skip and self.skip(r):
                     continue
                 yielded = True
-                yield self.make(r, random.Random(f"{self.cfg.seed}:{self.epoch}:{self.pos}"))
+                yield r, random.Random(f"{self.cfg.seed}:{self.epoch}:{self.pos}")
             if whole_epoch and not yielded:  # every record is held out: fail, don't spin forever
                 raise TinyVLMError("no training records left after holding out the validation split")
             self.epoch, self.pos = self.epoch + 1, 0
@@ -297,18 +296,27 @@ class Trainer:
         if self.cfg.freeze_encoder:
             self.vlm.model.vision.eval().requires_grad_(False)
 
-    def _calibrate(self, stream: Iterator[Example]) -> int:
-        """Estimate how many steps a minutes budget buys (for warmup and the progress bar): time a
-        few forward+backward passes without updating the model."""
-        batch = self.collate([next(stream) for _ in range(self.cfg.batch_size)])
+    def batch_examples(self, records: Iterator[tuple[Record, random.Random]], step: int) -> list[Example]:
+        """A micro-batch of examples, all of this step's task where the records have it. Why one
+        task a step: a long story beside short answers pads every sequence to the story's length,
+        and mixed picture-book batches were half padding (one task a step trains 1.7x more samples
+        a minute: docs/training.md)."""
+        task = self.cfg.tasks[step % len(self.cfg.tasks)]
+        return [record_to_example(r, rng, self.cfg.tasks, prefer=task)
+                for r, rng in itertools.islice(records, self.cfg.batch_size)]
+
+    def _calibrate(self, records: Iterator[tuple[Record, random.Random]]) -> int:
+        """Estimate how many steps a minutes budget buys (for warmup and the progress bar): time
+        forward+backward passes, one batch per task, without updating the model."""
+        batches = [self.collate(self.batch_examples(records, step)) for step in range(len(self.cfg.tasks))]
         self.train_mode()
         times = []
-        for _ in range(3):
+        for batch in [batches[0], *batches]:  # the first pass only warms up
             t0 = time.perf_counter()
             self.loss(batch).backward()
             times.append(time.perf_counter() - t0)
         self.vlm.model.zero_grad(set_to_none=True)
-        per_step = min(times[1:]) * self.cfg.grad_accum * 1.15  # + data loading, eval, saving
+        per_step = sum(times[1:]) / len(batches) * self.cfg.grad_accum * 1.15  # + data loading, eval, saving
         return max(1, int(self.vlm_minutes * 60 / per_step))
 
     def run(self) -> TinyVLM:
@@ -318,7 +326,7 @@ class Trainer:
         if self.total_steps is None:
             self.total_steps = self._calibrate(iter(Stream(self.train_src, cfg, skip=self.skip)))
         stream = Stream(self.train_src, cfg, self.epoch, self.pos, self.skip)
-        examples = iter(stream)
+        records = iter(stream)
         self.train_mode()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.progress, unit="step",
                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10)
@@ -331,7 +339,7 @@ class Trainer:
                 g["lr"] = lr
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
-                micro = [next(examples) for _ in range(cfg.batch_size)]
+                micro = self.batch_examples(records, self.step)
                 aug_rng = random.Random(f"aug:{cfg.seed}:{self.step}") if cfg.augment else None
                 batch = self.collate(micro, aug_rng)
                 loss = self.loss(batch)
@@ -458,8 +466,8 @@ class ConceptStage:
     def run(self):
         t, cfg = self.t, self.t.cfg
         skip = (lambda r: not usable(r) or (t.skip is not None and t.skip(r)))
-        stream = Stream(t.train_src, cfg, self.epoch, self.pos, skip, make=lambda r, rng: r)
-        records = iter(stream)
+        stream = Stream(t.train_src, cfg, self.epoch, self.pos, skip)
+        records = (r for r, _ in stream)
         horizon = t.concept_steps or 10 * cfg.warmup  # a minutes budget: warm up for cfg.warmup steps
         self.both.train()
         window, start, start_elapsed = [0.0, 0, time.perf_counter()], time.perf_counter(), self.elapsed

@@ -39,14 +39,16 @@ def ask_prompt(question: str, n_images: int = 1) -> str:
     return image_slots(" " + question.strip(), n_images)
 
 
-def record_to_example(record: Record, rng: random.Random, tasks: tuple[str, ...] = TASKS) -> Example:
+def record_to_example(record: Record, rng: random.Random, tasks: tuple[str, ...] = TASKS,
+                      prefer: str | None = None) -> Example:
     """One training example from a record. Picture-book records carry paraphrases of a short and a
-    long description and questions; the task and the paraphrase are drawn from `rng` (seeded per
-    epoch). Other records teach their own text, or one of their references (a fresh one each epoch)."""
+    long description and questions; the task (`prefer` when the record has it) and the paraphrase
+    are drawn from `rng` (seeded per epoch). Other records teach their own text, or one of their
+    references (a fresh one each epoch)."""
     x = record.extra
     options = [t for t in tasks if (t == "qa" and x.get("questions")) or x.get(t)]
     if options:
-        task = rng.choice(options)
+        task = prefer if prefer in options else rng.choice(options)
         if task == "qa":
             q = rng.choice(x["questions"])
             return Example(record.images, ask_prompt(q["question"], len(record.images)), str(q["answer"]))
