@@ -18,6 +18,7 @@ change only what the image tokens carry:
 import argparse
 import math
 import random
+import sys
 import time
 
 import torch
@@ -27,6 +28,7 @@ from tinyvlm.api import TinyVLM
 from tinyvlm.data.batches import Collator, Example, ask_prompt
 from tinyvlm.data.dataset import open_records
 from tinyvlm.data.world.describe import Mention
+from tinyvlm.errors import TinyVLMError
 
 
 def questions(data: str, single: bool) -> list[tuple[list[str], str, str]]:
@@ -34,6 +36,9 @@ def questions(data: str, single: bool) -> list[tuple[list[str], str, str]]:
     in the left or right 40% of the picture."""
     out = []
     for r in open_records(data):
+        if r.scene is None:
+            raise TinyVLMError(f"{data} has records without a scene graph: this needs picture-book data "
+                               "(tinyvlm data world)")
         things = r.scene["things"]
         if single and len(things) != 1:
             continue
@@ -76,7 +81,7 @@ def run(args, variant: str, train, test) -> list[float]:
     extra = []
     project = m.connector.forward
     if variant == "code":
-        code = where_code(cfg.vit_image_size // cfg.vit_patch_size, cfg.lm_width)
+        code = where_code(math.isqrt(cfg.image_tokens - 1), cfg.lm_width)  # the grid after any pixel-shuffle
         m.connector.forward = lambda f: project(f) + code
     elif variant == "norm":
         norm = nn.LayerNorm(cfg.lm_width)
@@ -117,6 +122,9 @@ def main():
     while 0 < cut < len(qs) and qs[cut][0] == qs[cut - 1][0]:  # a picture's questions stay on one side
         cut += 1
     train, test = qs[:cut], qs[cut:][: args.test]
+    if len(train) < args.batch_size or not test:
+        raise TinyVLMError(f"{args.data} gives {len(train)} training and {len(test)} held-out questions: "
+                           f"too few for batches of {args.batch_size}")
     print(f"{len(train)} training questions, {len(test)} held out ({sum(a == 'left' for *_, a in test) / len(test):.2f} 'left')")
     print("| variant | " + " | ".join(f"step {s}" for s in range(0, args.steps + 1, args.every)) + " | s |")
     print("|---" * (args.steps // args.every + 3) + "|")
@@ -127,4 +135,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TinyVLMError as e:
+        sys.exit(f"read_position: {e}")
