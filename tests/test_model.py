@@ -78,6 +78,37 @@ def test_batched_rows_decode_as_if_alone():
     assert both == alone
 
 
+@pytest.mark.parametrize("kind", ["causal", "mask", "none"])
+def test_plain_bf16_attention_matches_the_fused_kernel(kind):
+    """transformer.attend computes bfloat16 CPU attention by hand (it is faster there): it must give
+    the fused kernel's outputs and gradients, causal, under a padding mask, and unmasked."""
+    import torch.nn.functional as F
+    from tinyvlm.model.transformer import attend
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 9, 16, generator=g) for _ in range(3))
+    mask = None
+    if kind == "mask":  # left padding: row 0 sees all 9 keys, row 1 the last 6, row 2 the last 3
+        mask = torch.ones(9, 9, dtype=torch.bool).tril() & (torch.arange(9) >= torch.tensor([[0], [3], [6]]))[:, None, :]
+        mask = (mask | torch.eye(9, dtype=torch.bool))[:, None]
+    causal = kind == "causal"
+    leaves = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    ours = attend(*leaves, mask, causal, 0.0)
+    ours.float().square().sum().backward()
+    ref_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_leaves, attn_mask=mask, is_causal=causal)
+    ref.square().sum().backward()
+    assert ours.dtype == torch.bfloat16
+    assert torch.allclose(ours.float(), ref, atol=0.05)
+    for a, b in zip(leaves, ref_leaves):
+        assert torch.allclose(a.grad.float(), b.grad, atol=0.1, rtol=0.05)
+    if causal:  # and a future key never leaks: changing the last key/value leaves earlier rows alone
+        k2, v2 = k.clone(), v.clone()
+        k2[..., -1, :] += 5
+        v2[..., -1, :] += 5
+        again = attend(q.bfloat16(), k2.bfloat16(), v2.bfloat16(), None, True, 0.0)
+        assert torch.equal(again[..., :-1, :], ours.detach()[..., :-1, :])
+
+
 def test_sampling_is_seeded_and_differs_from_greedy():
     m = _model()
     images = torch.randn(2, 3, 32, 32)
