@@ -119,3 +119,40 @@ def test_a_frozen_encoder_leaves_the_vlm_stage_exactly_as_the_concept_stage_left
     assert all(torch.equal(stage[k], final[k]) for k in stage)
     losses = [r["loss"] for r in _metrics(run) if "loss" in r]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_a_frozen_run_keeps_its_concept_head_and_grounded_decoding_never_names_what_it_rates_unseen(tmp_path):
+    """With --freeze-encoder the head still reads the final encoder, so the checkpoint keeps it;
+    Sampling(ground=p) then bans each concept word the head rates below p in that picture. On
+    held-out pictures of one colour: the true colour is kept, the other colours are banned, and
+    no banned word is written. A run whose encoder went on training keeps no head, and asking it
+    to ground is a clear error."""
+    from tinyvlm.api import TinyVLM
+    from tinyvlm.concepts import word_tokens
+    from tinyvlm.generate import Sampling
+    data = make_shapes_dataset(tmp_path / "train", n=32, seed=0)
+    make_shapes_dataset(tmp_path / "val", n=8, seed=1)
+    train(_cfg(tmp_path / "frozen", data, stem="conv", freeze_encoder=True))
+    vlm = TinyVLM.from_pretrained(tmp_path / "frozen" / "run")
+    assert vlm.concept_head is not None and set(COLOURS) <= set(vlm.concepts)
+    # a word the tokenizer splits cannot be banned alone: score the colours that are one token
+    ids = {c: word_tokens(vlm.tokenizer, c) for c in COLOURS if word_tokens(vlm.tokenizer, c)}
+    assert len(ids) >= 3, ids
+    images = [str(tmp_path / f"val/images/{i:03d}.png") for i in range(8)]
+    truth = [list(COLOURS)[i % 4] for i in range(8)]
+    banned = vlm.unseen_words(vlm.pixels(images), [1] * 8, threshold=0.3)
+    true_banned = [bool(banned[i, ids[c]].any()) for i, c in enumerate(truth) if c in ids]
+    wrong_banned = [bool(banned[i, ids[c]].all()) for i, t in enumerate(truth) for c in ids if c != t]
+    assert sum(true_banned) <= 1 and sum(wrong_banned) >= 0.8 * len(wrong_banned), (true_banned, wrong_banned)
+    texts = vlm.describe(images, sampling=Sampling(max_new_tokens=12, ground=0.3))
+    for i, text in enumerate(texts):
+        written = set(vlm.tokenizer.encode_answer(text))
+        assert not written & set(torch.nonzero(banned[i]).flatten().tolist()), (text, truth[i])
+
+    train(_cfg(tmp_path / "free", data))
+    free = TinyVLM.from_pretrained(tmp_path / "free" / "run")
+    assert free.concept_head is None
+    with pytest.raises(TinyVLMError, match="concept head"):
+        free.describe(images[0], sampling=Sampling(ground=0.3))
+    with pytest.raises(TinyVLMError, match="ground"):
+        Sampling(ground=1.5)

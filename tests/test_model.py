@@ -109,6 +109,18 @@ def test_plain_bf16_attention_matches_the_fused_kernel(kind):
         assert torch.equal(again[..., :-1, :], ours.detach()[..., :-1, :])
 
 
+def test_banned_tokens_are_never_emitted_and_only_in_their_row():
+    m = _model()
+    images = torch.randn(2, 3, 32, 32)
+    s = Sampling(max_new_tokens=20)
+    free = generate(m, _prompts(m.cfg), images, s)
+    banned = torch.zeros(2, m.cfg.lm_vocab_size, dtype=torch.bool)
+    banned[0, free[0]] = True  # every token row 0 wrote when free
+    out = generate(m, _prompts(m.cfg), images, s, banned=banned)
+    assert free[0] and not set(out[0]) & set(free[0])
+    assert out[1] == free[1]
+
+
 def test_sampling_is_seeded_and_differs_from_greedy():
     m = _model()
     images = torch.randn(2, 3, 32, 32)

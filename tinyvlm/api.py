@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CONFIG, TOKENIZER, WEIGHTS, atomic_dir, read_json, resolve
+from .checkpoint import CONCEPT_HEAD, CONFIG, TOKENIZER, WEIGHTS, atomic_dir, read_json, resolve
+from .concepts import ConceptHead, word_tokens
 from .config import VLMConfig
 from .data.batches import MAX_TOKENS, Collator, Example, ask_prompt, describe_prompt
 from .data.images import preprocess
@@ -23,6 +24,10 @@ from .model import IGNORE, VisionLanguageModel
 from .tokenizer import Tokenizer
 
 ImageLike = "str | os.PathLike | Image.Image"
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -37,9 +42,15 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 class TinyVLM:
-    def __init__(self, model: VisionLanguageModel, tokenizer: Tokenizer, image_fit: str = "pad"):
+    """A model, its tokenizer and, when its encoder was trained on concepts and then frozen, the
+    concept head that reads that encoder (`concepts` names the head's outputs): what lets
+    `Sampling(ground=p)` keep the model from naming what its encoder does not see."""
+
+    def __init__(self, model: VisionLanguageModel, tokenizer: Tokenizer, image_fit: str = "pad",
+                 concepts: list[str] | None = None, concept_head: ConceptHead | None = None):
         self.model, self.tokenizer, self.image_fit = model, tokenizer, image_fit
         self.cfg = model.cfg
+        self.concepts, self.concept_head = concepts, concept_head
 
     # --- files -------------------------------------------------------------------------------
     @classmethod
@@ -58,7 +69,15 @@ class TinyVLM:
         if missing or unexpected:
             raise TinyVLMError(f"{d / WEIGHTS} does not match {CONFIG}: missing {missing[:3]}, unexpected {unexpected[:3]}")
         model.to(pick_device(device)).eval()
-        return cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"))
+        head = None
+        if meta.get("concepts"):
+            head = ConceptHead(cfg.vit_width, len(meta["concepts"]))
+            try:
+                head.load_state_dict(load_file(d / CONCEPT_HEAD))
+            except (SafetensorError, OSError, RuntimeError) as e:
+                raise TinyVLMError(f"cannot read the concept head {d / CONCEPT_HEAD}: {e}") from None
+            head.to(model_device(model)).eval()
+        return cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"), meta.get("concepts"), head)
 
     def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
         with atomic_dir(path) as tmp:
@@ -69,6 +88,9 @@ class TinyVLM:
 
     def write_files(self, d: Path) -> None:
         meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": "tinyvlm/1"}
+        if self.concept_head is not None:
+            meta["concepts"] = self.concepts
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.concept_head.state_dict().items()}, d / CONCEPT_HEAD)
         (d / CONFIG).write_text(json.dumps(meta, indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         if self.cfg.lm_tie_weights:
@@ -79,7 +101,7 @@ class TinyVLM:
     # --- use -----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     def pixels(self, images: Sequence[ImageLike]) -> torch.Tensor:
         return torch.stack([preprocess(im, self.cfg.vit_image_size, self.image_fit) for im in images])
@@ -92,8 +114,34 @@ class TinyVLM:
         ids = [self.tokenizer.encode_example(p, self.cfg.image_tokens, prefix=pre)[0] for p, pre in zip(prompts, prefixes)]
         flat = [im for row in images for im in row]
         pix = self.pixels(flat) if flat else None
-        out = generate(self.model, ids, pix, sampling or Sampling(), use_cache)
+        sampling = sampling or Sampling()
+        banned = self.unseen_words(pix, [len(row) for row in images], sampling.ground) if sampling.ground else None
+        out = generate(self.model, ids, pix, sampling, use_cache, banned)
         return [self.tokenizer.decode(self.tokenizer.encode_answer(pre) + o) for pre, o in zip(prefixes, out)]
+
+    @torch.no_grad()
+    def unseen_words(self, pixels: torch.Tensor | None, per_row: list[int], threshold: float) -> torch.Tensor:
+        """(B, vocab) True for the tokens of each one-word concept (a kind, a caption word) that the
+        concept head rates below `threshold` in every image of the row. Why: a small model's
+        hallucinations are mostly misread kinds, and for many of them its own encoder had said
+        the kind was not there (docs/evaluation.md#grounded-decoding)."""
+        if self.concept_head is None:
+            raise TinyVLMError("grounded decoding needs the model's concept head, which only a run trained with "
+                               "--concept-pretrain and --freeze-encoder keeps; decode without --ground")
+        banned = torch.zeros(len(per_row), self.cfg.lm_vocab_size, dtype=torch.bool)
+        if pixels is None:
+            return banned
+        probs = self.concept_head.picture_probs(self.model.vision(pixels.to(self.device))).cpu()  # (N, concepts)
+        words = [(i, word_tokens(self.tokenizer, c)) for i, c in enumerate(self.concepts) if " " not in c]
+        start = 0
+        for row, n in enumerate(per_row):
+            if n:
+                best = probs[start:start + n].amax(0)
+                for i, ids in words:
+                    if best[i] < threshold:
+                        banned[row, ids] = True
+            start += n
+        return banned
 
     def describe(self, images: ImageLike | Sequence[ImageLike], style: str = "short", prefix: str = "",
                  sampling: Sampling | None = None) -> str | list[str]:

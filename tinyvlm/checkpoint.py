@@ -16,6 +16,7 @@ from typing import Iterator
 from .errors import TinyVLMError
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+CONCEPT_HEAD = "concept_head.safetensors"  # only beside an encoder frozen since its concept stage
 RUN_CHECKPOINT = "checkpoint"  # a training run keeps its latest model in RUN/checkpoint/
 
 

@@ -20,12 +20,14 @@ def _add_sampling(p: argparse.ArgumentParser):
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--ground", type=float, default=0.0, metavar="P",
+                   help="never name a thing the model's concept head rates below probability P (0 = off)")
 
 
 def _sampling(a, default_max: int):
     from .generate import Sampling
     return Sampling(max_new_tokens=a.max_new_tokens or default_max, temperature=a.temperature, top_k=a.top_k,
-                    top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed)
+                    top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed, ground=a.ground)
 
 
 def cmd_info(a):
@@ -110,7 +112,7 @@ def cmd_eval(a):
     from .eval.run import EvalConfig, evaluate
     cfg = EvalConfig(model=a.model, data=a.data, out=a.out, judge=a.judge, n=a.n, styles=tuple(a.styles.split(",")),
                      train_data=a.train_data, baselines=not a.no_baselines, llm_base_url=a.llm_base_url,
-                     llm_model=a.llm_model, llm_api_key_env=a.llm_api_key_env)
+                     llm_model=a.llm_model, llm_api_key_env=a.llm_api_key_env, ground=a.ground)
     results = evaluate(cfg)
     print(markdown_table(*score_rows(results)))
     if a.out:
@@ -228,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--llm-base-url", dest="llm_base_url")
     s.add_argument("--llm-model", dest="llm_model")
     s.add_argument("--llm-api-key-env", dest="llm_api_key_env", default="OPENAI_API_KEY")
+    s.add_argument("--ground", type=float, default=0.0, metavar="P",
+                   help="grounded decoding for every run: never name a thing the concept head rates below P (0 = off)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="the 10-minute tour: make data, train, describe held-out pictures, score")

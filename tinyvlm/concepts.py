@@ -119,6 +119,19 @@ class ConceptHead(nn.Module):
     def forward(self, encoded: torch.Tensor) -> torch.Tensor:
         return self.proj(encoded[:, 1:])  # (N, 1 + P, D) encoder output -> (N, P, concepts), [CLS] skipped
 
+    def picture_probs(self, encoded: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + P, D) -> (N, concepts): how sure the head is that each concept is somewhere in
+        the picture (its best patch), the reading concept_f1 scores."""
+        return torch.sigmoid(self(encoded).float().amax(1))
+
+
+def word_tokens(tokenizer, word: str) -> list[int]:
+    """The token ids that name a one-word concept mid-sentence, singular or plural: " duck",
+    " ducks", " boxes", each where the tokenizer has it as one token (a word split into pieces
+    cannot be banned without banning the pieces' other words)."""
+    ids = [tokenizer.encode(f" {w}") for w in (word, word + "s", word + "es")]
+    return sorted({i[0] for i in ids if len(i) == 1})
+
 
 def concept_loss(scores: torch.Tensor, target_list: list[torch.Tensor]) -> torch.Tensor:
     """Binary cross-entropy, a mean per picture: per patch for dense (scene) targets, on the best

@@ -23,12 +23,15 @@ class Sampling:
     top_p: float = 1.0        # 1 = off
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the text (CTRL-style)
     seed: int | None = None
+    ground: float = 0.0       # > 0: never name a concept the model's concept head rates below this (TinyVLM.generate)
 
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
             raise TinyVLMError("sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0")
         if self.max_new_tokens < 1:
             raise TinyVLMError("max_new_tokens must be at least 1")
+        if not 0 <= self.ground < 1:
+            raise TinyVLMError(f"ground is a probability threshold, 0 <= ground < 1 (0 = off); got {self.ground}")
 
 
 def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,9 +79,10 @@ def _next_token(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: t
 
 @torch.no_grad()
 def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
-             sampling: Sampling = Sampling(), use_cache: bool = True) -> list[list[int]]:
+             sampling: Sampling = Sampling(), use_cache: bool = True, banned: torch.Tensor | None = None) -> list[list[int]]:
     """Continue each prompt (token ids with image slots already expanded) until <|eos|> or
-    max_new_tokens. `images` holds the prompts' images in order of appearance. Returns the new ids."""
+    max_new_tokens. `images` holds the prompts' images in order of appearance; `banned` (B, V),
+    True where a row may never emit a token. Returns the new ids."""
     model.eval()
     device = next(model.parameters()).device
     longest = max(len(p) for p in prompts)
@@ -100,7 +104,10 @@ def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch
             h, cache = model.decoder(new_x, positions[:, -1:], _attention_mask(valid, 1), cache)
         else:
             h, cache = model.decoder(x, positions, _attention_mask(valid, x.shape[1]))
-        nxt = _next_token(model.decoder.head(h[:, -1]), history, sampling, gen).cpu()
+        logits = model.decoder.head(h[:, -1])
+        if banned is not None:
+            logits = logits.masked_fill(banned.to(logits.device), float("-inf"))
+        nxt = _next_token(logits, history, sampling, gen).cpu()
         nxt = nxt.masked_fill(done, PAD_ID)
         out[:, t] = nxt
         done |= nxt == EOS_ID

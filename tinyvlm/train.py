@@ -322,7 +322,10 @@ class Trainer:
     def run(self) -> TinyVLM:
         cfg, model = self.cfg, self.vlm.model
         if cfg.concept_pretrain and self.step == 0:
-            ConceptStage(self).run()
+            stage = ConceptStage(self)
+            stage.run()
+            if cfg.freeze_encoder:  # the head reads this encoder as it will stay: keep it, for grounded decoding
+                self.vlm.concepts, self.vlm.concept_head = stage.vocab, stage.head.eval().requires_grad_(False)
         if self.total_steps is None:
             self.total_steps = self._calibrate(iter(Stream(self.train_src, cfg, skip=self.skip)))
         stream = Stream(self.train_src, cfg, self.epoch, self.pos, self.skip)

@@ -46,6 +46,7 @@ class EvalConfig:
     baselines: bool = True
     batch_size: int = 32
     max_questions: int = 4           # per record, for VQA
+    ground: float = 0.0              # grounded decoding threshold (Sampling.ground), for every run alike
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key_env: str = "OPENAI_API_KEY"
@@ -104,8 +105,8 @@ def _blank_image(out: Path, size: int) -> str:
     return str(path)
 
 
-def _describe(vlm: TinyVLM, images: list[str], style: str, prefixes: list[str], bs: int) -> list[str]:
-    s = Sampling(max_new_tokens=MAX_TOKENS[style])
+def _describe(vlm: TinyVLM, images: list[str], style: str, prefixes: list[str], bs: int, ground: float) -> list[str]:
+    s = Sampling(max_new_tokens=MAX_TOKENS[style], ground=ground)
     out = []
     for i in range(0, len(images), bs):
         chunk = images[i:i + bs]
@@ -113,13 +114,13 @@ def _describe(vlm: TinyVLM, images: list[str], style: str, prefixes: list[str], 
     return out
 
 
-def _vqa(vlm: TinyVLM, records: list[Record], images: list[str], k: int, bs: int) -> dict:
+def _vqa(vlm: TinyVLM, records: list[Record], images: list[str], k: int, bs: int, ground: float) -> dict:
     items = [(im, q) for r, im in zip(records, images) for q in r.extra.get("questions", [])[:k]]
     answers = []
     for i in range(0, len(items), bs):
         chunk = items[i:i + bs]
         answers += vlm.generate([ask_prompt(q["question"]) for _, q in chunk], [[im] for im, _ in chunk],
-                                sampling=Sampling(max_new_tokens=12))
+                                sampling=Sampling(max_new_tokens=12, ground=ground))
     by_type = defaultdict(list)
     for (_, q), a in zip(items, answers):
         by_type[q["type"]].append(normalise_answer(a) == normalise_answer(str(q["answer"])))
@@ -173,10 +174,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             if world:  # the paper's protocol: the first words of a held-out description are given
                 modes["complete"] = [" ".join(ref[0].split()[:PREFIX_WORDS[style]]) for ref in refs]
             for mode, prefixes in modes.items():
-                texts = _describe(vlm, images, style, prefixes, cfg.batch_size)
+                texts = _describe(vlm, images, style, prefixes, cfg.batch_size, cfg.ground)
                 res[f"{style}/{mode}"] = _judge(cfg, records, texts, refs, prefixes, train_texts, images)
         if world:
-            res["vqa"] = _vqa(vlm, records, images, cfg.max_questions, cfg.batch_size)
+            res["vqa"] = _vqa(vlm, records, images, cfg.max_questions, cfg.batch_size, cfg.ground)
             res["probe"] = _probe(vlm, records, images, cfg.batch_size)
         results["runs"][run] = res
     if cfg.baselines and train_recs:  # nearest neighbour: a training text, judged like the model's
