@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import CONCEPT_HEAD, CONFIG, TOKENIZER, WEIGHTS, atomic_dir, read_json, resolve
+from .checkpoint import CONCEPT_HEAD, CONFIG, TOKENIZER, WEIGHTS, atomic_dir, cpu_state, read_json, resolve
 from .concepts import ConceptHead, word_tokens
 from .config import VLMConfig
 from .data.batches import MAX_TOKENS, Collator, Example, ask_prompt, describe_prompt
@@ -90,9 +90,9 @@ class TinyVLM:
         meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": "tinyvlm/1"}
         if self.concept_head is not None:
             meta["concepts"] = self.concepts
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.concept_head.state_dict().items()}, d / CONCEPT_HEAD)
+            save_file(cpu_state(self.concept_head), d / CONCEPT_HEAD)
         (d / CONFIG).write_text(json.dumps(meta, indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        state = cpu_state(self.model)
         if self.cfg.lm_tie_weights:
             state.pop("decoder.head.weight")
         save_file(state, d / WEIGHTS)

@@ -62,3 +62,8 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise TinyVLMError(f"cannot read {path}: {e}") from None
+
+
+def cpu_state(module) -> dict:
+    """A module's weights as safetensors wants them: detached, on the CPU, contiguous."""
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}

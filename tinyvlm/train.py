@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .api import TinyVLM, pick_device
-from .checkpoint import RUN_CHECKPOINT, atomic_dir, read_json
+from .checkpoint import RUN_CHECKPOINT, atomic_dir, cpu_state, read_json
 from .concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
 from .config import VLMConfig, get_preset
 from .data.batches import TASKS, Collator, Example, record_to_example
@@ -506,7 +506,7 @@ class ConceptStage:
 
     def save(self):
         with atomic_dir(self.dir) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.both.state_dict().items()}, tmp / CONCEPT_WEIGHTS)
+            save_file(cpu_state(self.both), tmp / CONCEPT_WEIGHTS)
             groups = save_optimizer(self.opt, tmp / OPTIMIZER)["param_groups"]
             state = {"step": self.step, "epoch": self.epoch, "pos": self.pos, "elapsed": self.elapsed,
                      "concepts": self.vocab, "train_config": self.t.cfg.comparable(), "optimizer_groups": groups}

@@ -14,9 +14,9 @@ KV = tuple[torch.Tensor, torch.Tensor]  # (B, heads, T_past, head_size) each
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
            dropout: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v over (B, heads, T, head_size); mask: True = may attend.
-    Why not always F.scaled_dot_product_attention: in bfloat16 on a CPU its fused kernel is 3-6x
+    Why not always F.scaled_dot_product_attention: in bfloat16 on a CPU its fused kernel is 3-7x
     slower, forward and backward, than these three plain ops at our sizes (a few dozen to a few
-    hundred tokens, heads of 12-50), and attention was most of a training step
+    hundred tokens, heads of 12-50), and it took about half of a VLM training step
     (benchmarks/attention.py). Everywhere else the fused kernel is as fast or faster."""
     if not (q.dtype == torch.bfloat16 and q.device.type == "cpu"):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
