@@ -93,5 +93,6 @@ def stage_speeds(metrics: Path) -> dict:
     vlm = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
     return {"concept_images_s": statistics.mean(concept[1:] or concept), "vlm_samples_s": statistics.mean(vlm[1:] or vlm)}
 
+
 if __name__ == "__main__":
     main()

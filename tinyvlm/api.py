@@ -26,10 +26,6 @@ from .tokenizer import Tokenizer
 ImageLike = "str | os.PathLike | Image.Image"
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' takes CUDA, then Apple's MPS, then the CPU."""
     if name == "auto":
@@ -68,7 +64,8 @@ class TinyVLM:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise TinyVLMError(f"{d / WEIGHTS} does not match {CONFIG}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        model.to(pick_device(device)).eval()
+        dev = pick_device(device)
+        model.to(dev).eval()
         head = None
         if meta.get("concepts"):
             head = ConceptHead(cfg.vit_width, len(meta["concepts"]))
@@ -76,7 +73,7 @@ class TinyVLM:
                 head.load_state_dict(load_file(d / CONCEPT_HEAD))
             except (SafetensorError, OSError, RuntimeError) as e:
                 raise TinyVLMError(f"cannot read the concept head {d / CONCEPT_HEAD}: {e}") from None
-            head.to(model_device(model)).eval()
+            head.to(dev).eval()
         return cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"), meta.get("concepts"), head)
 
     def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
@@ -101,7 +98,7 @@ class TinyVLM:
     # --- use -----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return model_device(self.model)
+        return next(self.model.parameters()).device
 
     def pixels(self, images: Sequence[ImageLike]) -> torch.Tensor:
         return torch.stack([preprocess(im, self.cfg.vit_image_size, self.image_fit) for im in images])

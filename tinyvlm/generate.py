@@ -93,6 +93,7 @@ def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch
     gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
 
     ids, valid = (t.to(device) for t in left_pad(prompts))
+    banned = banned.to(device) if banned is not None else None
     x = model.embed(ids, images.to(device) if images is not None else None)  # image features once
     history = ids.masked_fill(ids == IMAGE_ID, PAD_ID)
     out = torch.full((len(prompts), steps), PAD_ID, dtype=torch.long)
@@ -106,7 +107,7 @@ def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch
             h, cache = model.decoder(x, positions, _attention_mask(valid, x.shape[1]))
         logits = model.decoder.head(h[:, -1])
         if banned is not None:
-            logits = logits.masked_fill(banned.to(logits.device), float("-inf"))
+            logits = logits.masked_fill(banned, float("-inf"))
         nxt = _next_token(logits, history, sampling, gen).cpu()
         nxt = nxt.masked_fill(done, PAD_ID)
         out[:, t] = nxt
