@@ -44,6 +44,10 @@ def test_scene_targets_are_per_patch_and_caption_targets_per_picture():
     assert torch.equal(t[:, index["colour red"]], t[:, index["red ball"]])
     assert torch.equal(t[:, index["count 2"]], t[:, index["2 tree"]])
     assert not t[:, index["red ball"]].bool().logical_and(t[:, index["tree"]].bool()).any()
+    # where each thing is from the other, on its own patches: the ball is left of the trees, not above them
+    assert torch.nonzero(t[:, index["left of tree"]]).flatten().tolist() == [0]
+    assert set(torch.nonzero(t[:, index["right of ball"]]).flatten().tolist()) == tree
+    assert not any(c.startswith(("above", "below", "next to", "on ")) for c in vocab)
 
     cap = [Record(images=[f"{i}.png"], text=f"a {c} dog on the grass") for i, c in enumerate(["red", "red", "blue", "blue"])]
     vocab = build_vocab(cap)
@@ -140,7 +144,7 @@ def test_a_frozen_run_keeps_its_concept_head_and_grounded_decoding_never_names_w
     assert len(ids) >= 3, ids
     images = [str(tmp_path / f"val/images/{i:03d}.png") for i in range(8)]
     truth = [list(COLOURS)[i % 4] for i in range(8)]
-    banned = vlm.unseen_words(vlm.pixels(images), [1] * 8, threshold=0.3)
+    banned = vlm.grounding(vlm.pixels(images), [1] * 8, threshold=0.3).anywhere
     true_banned = [bool(banned[i, ids[c]].any()) for i, c in enumerate(truth) if c in ids]
     wrong_banned = [bool(banned[i, ids[c]].all()) for i, t in enumerate(truth) for c in ids if c != t]
     assert sum(true_banned) <= 1 and sum(wrong_banned) >= 0.8 * len(wrong_banned), (true_banned, wrong_banned)
@@ -156,3 +160,40 @@ def test_a_frozen_run_keeps_its_concept_head_and_grounded_decoding_never_names_w
         free.describe(images[0], sampling=Sampling(ground=0.3))
     with pytest.raises(TinyVLMError, match="ground"):
         Sampling(ground=1.5)
+
+
+def test_grounding_bans_by_context_what_the_head_does_not_see_there():
+    """Two patches: a red duck left of two cats, and the cats; no ball. A word is banned anywhere
+    when no patch holds it, and after a concept's leading words when no patch holds the whole
+    concept (a relation at a patch of the sentence's subject), unless nothing would be left to
+    name; a relation or count word is banned before it is written when nothing could complete it."""
+    from tinyvlm.concepts import Grounding
+    from tinyvlm.tokenizer import Tokenizer
+    tok = Tokenizer.train(["I see a red duck to the left of two cats and a ball. I see ducks. It is sunny, not rainy."] * 20, 400)
+    concepts = ["ball", "cat", "duck", "2 cat", "2 duck", "red cat", "red duck", "left of cat", "left of duck",
+                "count 2", "weather rainy", "weather sunny"]
+    probs = torch.zeros(2, len(concepts))
+    probs[0, [2, 6, 7, 10]] = 0.9     # patch 0: a red duck, left of the cats, in the rain
+    probs[1, [1, 3, 9, 10]] = 0.9     # patch 1: two cats, in the rain
+    g = Grounding([probs], concepts, tok, threshold=0.5, vocab_size=tok.vocab_size)
+    word = {w: tok.encode(f" {w}")[0] for w in ("ball", "cat", "duck", "ducks", "to", "left", "two", "sunny", "rainy")}
+    assert all(len(tok.encode(f" {w}")) == 1 for w in word)
+
+    def banned_after(text, sure_of=None):
+        logits = torch.zeros(1, tok.vocab_size)
+        if sure_of:  # the model all but certain of its next word
+            logits[0, word[sure_of]] = 20.0
+        row = g(torch.tensor([tok.encode_answer(text)]), logits)[0]
+        assert row[word["sunny"]] and not row[word["rainy"]]  # an attribute's value, anywhere
+        return {w for w, i in word.items() if row[i]} - {"sunny"}
+
+    assert banned_after("I see a") == {"ball"}
+    assert banned_after("I see a red") == {"ball", "cat", "to", "left", "two"}  # no red cat; the red duck is one, left of none
+    assert banned_after("I see two") == {"ball", "duck", "ducks"}               # two cats, one duck
+    assert banned_after("I see two red") == {"ball", "to", "left"}              # committed: nothing fits, no thing banned
+    assert banned_after("I see a duck to the left of a") == {"ball", "duck", "ducks"}  # of the cats
+    assert banned_after("I see a cat") == {"ball", "to", "left"}                # the cats are left of nothing
+    assert banned_after("I see a cat to the") == {"ball", "to", "left"}         # said "to the": still not "left"
+    assert banned_after("I see a cat to the", sure_of="left") == {"ball"}       # ... unless nothing else would do
+    assert banned_after("I see a cat. It is to the left of the") == {"ball", "duck", "ducks"}  # no subject: any patch
+    assert banned_after("It is red. I see a") == {"ball"}                       # a new sentence starts afresh

@@ -116,9 +116,14 @@ def test_banned_tokens_are_never_emitted_and_only_in_their_row():
     free = generate(m, _prompts(m.cfg), images, s)
     banned = torch.zeros(2, m.cfg.lm_vocab_size, dtype=torch.bool)
     banned[0, free[0]] = True  # every token row 0 wrote when free
-    out = generate(m, _prompts(m.cfg), images, s, banned=banned)
+    given = []
+    out = generate(m, _prompts(m.cfg), images, s, banned=lambda new, logits: given.append(new.clone()) or banned)
     assert free[0] and not set(out[0]) & set(free[0])
     assert out[1] == free[1]
+    # asked before every step, with what each row has written so far
+    assert [g.shape[1] for g in given] == list(range(len(given)))
+    k = min(len(out[1]), len(given) - 1)
+    assert given[-1][1, :k].tolist() == out[1][:k]
 
 
 def test_sampling_is_seeded_and_differs_from_greedy():

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import CONCEPT_HEAD, CONFIG, TOKENIZER, WEIGHTS, atomic_dir, cpu_state, read_json, resolve
-from .concepts import ConceptHead, word_tokens
+from .concepts import ConceptHead, Grounding
 from .config import VLMConfig
 from .data.batches import MAX_TOKENS, Collator, Example, ask_prompt, describe_prompt
 from .data.images import preprocess
@@ -112,33 +112,22 @@ class TinyVLM:
         flat = [im for row in images for im in row]
         pix = self.pixels(flat) if flat else None
         sampling = sampling or Sampling()
-        banned = self.unseen_words(pix, [len(row) for row in images], sampling.ground) if sampling.ground else None
+        banned = self.grounding(pix, [len(row) for row in images], sampling.ground) if sampling.ground else None
         out = generate(self.model, ids, pix, sampling, use_cache, banned)
         return [self.tokenizer.decode(self.tokenizer.encode_answer(pre) + o) for pre, o in zip(prefixes, out)]
 
     @torch.no_grad()
-    def unseen_words(self, pixels: torch.Tensor | None, per_row: list[int], threshold: float) -> torch.Tensor:
-        """(B, vocab) True for the tokens of each one-word concept (a kind, a caption word) that the
-        concept head rates below `threshold` in every image of the row. Why: a small model's
-        hallucinations are mostly misread kinds, and for many of them its own encoder had said
-        the kind was not there (docs/evaluation.md#grounded-decoding)."""
+    def grounding(self, pixels: torch.Tensor | None, per_row: list[int], threshold: float) -> Grounding:
+        """What grounded decoding may not let each row write, from the concept head's reading of
+        the row's pictures (concepts.Grounding, docs/evaluation.md#grounded-decoding)."""
         if self.concept_head is None:
             raise TinyVLMError("grounded decoding needs the model's concept head, which only a run trained with "
                                "--concept-pretrain and --freeze-encoder keeps; decode without --ground")
-        banned = torch.zeros(len(per_row), self.cfg.lm_vocab_size, dtype=torch.bool)
-        if pixels is None:
-            return banned
-        probs = self.concept_head.picture_probs(self.model.vision(pixels.to(self.device))).cpu()  # (N, concepts)
-        words = [(i, word_tokens(self.tokenizer, c)) for i, c in enumerate(self.concepts) if " " not in c]
-        start = 0
-        for row, n in enumerate(per_row):
-            if n:
-                best = probs[start:start + n].amax(0)
-                for i, ids in words:
-                    if best[i] < threshold:
-                        banned[row, ids] = True
-            start += n
-        return banned
+        probs = (self.concept_head.patch_probs(self.model.vision(pixels.to(self.device))).cpu()
+                 if pixels is not None else torch.zeros(0, 0, len(self.concepts)))  # (N, P, concepts)
+        rows = probs.split(per_row)
+        rows = [r.flatten(0, 1) for r in rows]  # each row's patches, over all its pictures
+        return Grounding(rows, self.concepts, self.tokenizer, threshold, self.cfg.lm_vocab_size)
 
     def describe(self, images: ImageLike | Sequence[ImageLike], style: str = "short", prefix: str = "",
                  sampling: Sampling | None = None) -> str | list[str]:

@@ -7,9 +7,10 @@ encoder learns the things several times faster, and a VLM trained from it ground
 same total time. `tinyvlm train --concept-pretrain 0.2` spends the first fifth of the budget on this.
 
 A record's concepts come from its scene graph when it has one (the picture-book world): each patch
-learns the kind, colour, size and count of every thing whose box covers it, and every patch learns
-the place, time and weather. Dense labels teach faster than one label for the whole picture
-(held-out colour accuracy 0.62 against 0.51 after 3 minutes, benchmarks/vision_probe.py's setup).
+learns the kind, colour, size and count of every thing whose box covers it and where that thing
+is from the others ("left of cat"), and every patch learns the place, time and weather. Dense
+labels teach faster than one label for the whole picture (held-out colour accuracy 0.62 against
+0.51 after 3 minutes, benchmarks/vision_probe.py's setup).
 Records without a scene use their caption words: the picture as a whole learns which content
 words describe it, scored by its best patch (multiple-instance learning).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Iterable
 
 import torch
@@ -25,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.records import Record
+from .data.world.describe import REL_WORDS
+from .data.world.scene import RELATIONS, Scene, Thing, relation_holds
 from .errors import TinyVLMError
 
 # Words that say nothing about what a picture shows.
@@ -42,6 +45,20 @@ def thing_concepts(thing: dict) -> list[str]:
     kind = thing["kind"]
     attrs = {name: thing[name] for name in ("colour", "size", "count")}
     return [kind, *(f"{v} {kind}" for v in attrs.values()), *(f"{name} {v}" for name, v in attrs.items())]
+
+
+def relation_concepts(scene: dict) -> list[list[str]]:
+    """For each thing, where it is from each other thing: "left of cat", "below kite", ... every
+    relation the world can check between two things. Why: a patch that knows only what it shows
+    leaves the decoder to find two things and compare where they are, which a small decoder does
+    not learn in 30 CPU-minutes (left/right claims were right at chance, docs/evaluation.md); a
+    patch that knows it is left of the cat lets "a duck to the left of a ..." be read off it."""
+    things = [Thing(t["kind"], t["colour"], t["size"], t["count"], t.get("zone", ""), tuple(t["box"]), t.get("on", -1))
+              for t in scene["things"]]
+    s = Scene(scene["place"], scene["time"], scene["weather"], things)
+    rels = [r for r in RELATIONS if r != "in"]  # "in" is only a thing's place, never another thing
+    return [[f"{r} {b.kind}" for b in s.things if b is not a for r in rels if relation_holds(s, a, r, b)]
+            for a in s.things]
 
 
 def setting_concepts(scene: dict) -> list[str]:
@@ -67,7 +84,8 @@ def build_vocab(records: Iterable[Record], scan: int = 20_000, min_count: int = 
     for r in itertools.islice((r for r in records if usable(r)), scan):
         n += 1
         if r.scene is not None:
-            scene.update({c for t in r.scene["things"] for c in thing_concepts(t)} | set(setting_concepts(r.scene)))
+            scene.update({c for t in r.scene["things"] for c in thing_concepts(t)} | set(setting_concepts(r.scene))
+                         | {c for cs in relation_concepts(r.scene) for c in cs})
         else:
             words.update(caption_words(r))
     vocab = sorted(c for c, k in scene.items() if k >= min_count)
@@ -102,8 +120,8 @@ def targets(record: Record, index: dict[str, int], grid: int) -> torch.Tensor:
         return t
     t = torch.zeros(grid * grid, len(index))
     t[:, [index[c] for c in setting_concepts(record.scene) if c in index]] = 1
-    for thing in record.scene["things"]:
-        cols = [index[c] for c in thing_concepts(thing) if c in index]
+    for thing, rels in zip(record.scene["things"], relation_concepts(record.scene)):
+        cols = [index[c] for c in thing_concepts(thing) + rels if c in index]
         for cell in covered_cells(thing["box"], grid):
             t[cell, cols] = 1
     return t
@@ -119,10 +137,10 @@ class ConceptHead(nn.Module):
     def forward(self, encoded: torch.Tensor) -> torch.Tensor:
         return self.proj(encoded[:, 1:])  # (N, 1 + P, D) encoder output -> (N, P, concepts), [CLS] skipped
 
-    def picture_probs(self, encoded: torch.Tensor) -> torch.Tensor:
-        """(N, 1 + P, D) -> (N, concepts): how sure the head is that each concept is somewhere in
-        the picture (its best patch), the reading concept_f1 scores."""
-        return torch.sigmoid(self(encoded).float().amax(1))
+    def patch_probs(self, encoded: torch.Tensor) -> torch.Tensor:
+        """(N, 1 + P, D) -> (N, P, concepts): how sure the head is of each concept at each patch;
+        a concept is in the picture as surely as at its best patch, the reading concept_f1 scores."""
+        return torch.sigmoid(self(encoded).float())
 
 
 def word_tokens(tokenizer, word: str) -> list[int]:
@@ -131,6 +149,103 @@ def word_tokens(tokenizer, word: str) -> list[int]:
     cannot be banned without banning the pieces' other words)."""
     ids = [tokenizer.encode(f" {w}") for w in (word, word + "s", word + "es")]
     return sorted({i[0] for i in ids if len(i) == 1})
+
+
+NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5"}
+SPOKEN = {d: w for w, d in NUMBER_WORDS.items()}
+RELATION_PHRASES = {tuple(r.split()) for r in RELATIONS}
+# Where a sentence commits to a thing: a relation, at its first written word and its own ("to",
+# "left" of ...), or a size or count ("big", "two"). Not "on" (also "on the grass"), nor colours
+# (also "the green grass"): nothing after those need be a thing.
+COMMITTING = {tuple(r.split()): {w.split()[0], r.split()[0]} for r, w in REL_WORDS.items() if r not in ("on", "in")}
+COMMITTING_ATTRIBUTES = ("size", "count")
+HOLD_BACK_FLOOR = 0.1  # hold back a committing word only if the words left hold this much probability
+
+
+class Grounding:
+    """Grounded decoding (`Sampling(ground=p)`): which words a row may not write next, by what
+    the concept head sees in the row's pictures. Why: most false claims of a small model name
+    something its own encoder had rated absent (docs/evaluation.md#grounded-decoding).
+
+    Three rules, by the head's probability against `threshold`:
+    - anywhere: a word the head finds in no patch: a one-word concept (a kind, a caption word),
+      or the value of an attribute concept ("sunny" with no patch "weather sunny");
+    - in context: after a concept's leading words in the current sentence, with no thing named
+      since, a thing that would complete a concept the head does not see ("red" ... "duck" needs
+      "red duck", "two" ... "ducks" needs "2 duck"). A relation must hold at a patch of the
+      sentence's subject: "a duck to the left of a cat" needs a patch both "duck" and "left of
+      cat". If no thing would be left to name, the sentence is already committed and the rule
+      stands aside, so the text stays grammatical;
+    - before committing: the first word of a relation, size or count ("to" the left of, "big",
+      "two") that no thing in sight could complete, so a claim the head cannot back is not
+      begun; unless the words left hold under HOLD_BACK_FLOOR of the model's probability ("we
+      go to the park" must still be written)."""
+
+    def __init__(self, probs: list[torch.Tensor], concepts: list[str], tokenizer, threshold: float, vocab_size: int):
+        self.probs, self.tokenizer, self.threshold = probs, tokenizer, threshold  # probs: per row, (patches, concepts)
+        self.index = {c: i for i, c in enumerate(concepts)}
+        self.words = {c: ids for c in concepts if " " not in c and (ids := word_tokens(tokenizer, c))}
+        self.forms = {f: c for c in self.words for f in (c, c + "s", c + "es")}  # "ducks" -> "duck"
+        self.phrases = defaultdict(dict)  # ("left", "of") -> {"cat": index of "left of cat"}
+        values, committing = {}, dict(COMMITTING)  # "sunny": index of "weather sunny"; ("big",): {"big"}
+        for c, i in self.index.items():
+            lead, _, last = c.rpartition(" ")
+            if lead and last in self.words:
+                self.phrases[tuple(lead.split())][last] = i
+            elif lead and " " not in lead and len(ids := tokenizer.encode(" " + SPOKEN.get(last, last))) == 1:
+                values[ids[0]] = i
+                if lead in COMMITTING_ATTRIBUTES:
+                    committing[(last,)] = {SPOKEN.get(last, last)}
+        self.starts = defaultdict(list)  # token id of " to" -> [("left", "of"), ("right", "of")]
+        for lead, words in committing.items():
+            for word in words:
+                if lead in self.phrases and len(ids := tokenizer.encode(" " + word)) == 1:
+                    self.starts[ids[0]].append(lead)
+        self.seen = []  # per row: the one-word concepts some patch holds
+        self.anywhere = torch.zeros(len(probs), vocab_size, dtype=torch.bool)
+        for row, p in enumerate(probs):  # a row without pictures has nothing to ground: nothing banned
+            best = p.amax(0) if len(p) else torch.ones(len(concepts))
+            self.seen.append({c for c in self.words if best[self.index[c]] >= threshold})
+            for c in self.words.keys() - self.seen[-1]:
+                self.anywhere[row, self.words[c]] = True
+            self.anywhere[row, [t for t, i in values.items() if best[i] < threshold]] = True
+
+    def _holds(self, p: torch.Tensor, lead: tuple, word: str, subject: str | None) -> bool:
+        i = self.phrases[lead].get(word)
+        if i is None:
+            return True  # a concept never seen in training: nothing to judge by
+        score = p[:, i]
+        if lead in RELATION_PHRASES and subject is not None:
+            score = torch.minimum(score, p[:, self.index[subject]])
+        return bool(score.max() >= self.threshold)
+
+    def __call__(self, new: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """new (B, t) ids written so far, logits (B, V) for the next -> (B, V) True where a row
+        may not write next."""
+        banned = self.anywhere.clone()
+        probs = logits.float().softmax(-1).cpu()
+        for row, p in enumerate(self.probs):
+            if not len(p) or not self.phrases:
+                continue
+            sentence = re.split(r"[.!?]", self.tokenizer.decode(new[row].tolist()))[-1]
+            words = [NUMBER_WORDS.get(w, w) for w in re.findall(r"[a-z0-9]+", sentence.lower())]
+            named = [i for i, w in enumerate(words) if w in self.forms]
+            subject = self.forms[words[named[-1]]] if named else None
+            since = tuple(words[named[-1] + 1:] if named else words)
+            active = [lead for lead in self.phrases
+                      if any(since[i:i + len(lead)] == lead for i in range(len(since) - len(lead) + 1))]
+            fits = {w for w in self.seen[row] if all(self._holds(p, lead, w, subject) for lead in active)}
+            if fits or not active:
+                for w in self.seen[row] - fits:
+                    banned[row, self.words[w]] = True
+            hold = banned[row].clone()
+            for token, leads in self.starts.items():
+                if not set(leads) & set(active) and not any(self._holds(p, lead, w, subject)
+                                                            for lead in leads for w in fits):
+                    hold[token] = True
+            if probs[row][~hold].sum() >= HOLD_BACK_FLOOR:
+                banned[row] = hold
+        return banned
 
 
 def concept_loss(scores: torch.Tensor, target_list: list[torch.Tensor]) -> torch.Tensor:

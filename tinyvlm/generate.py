@@ -7,6 +7,7 @@ decodes the same alone or in a batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -79,10 +80,12 @@ def _next_token(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: t
 
 @torch.no_grad()
 def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
-             sampling: Sampling = Sampling(), use_cache: bool = True, banned: torch.Tensor | None = None) -> list[list[int]]:
+             sampling: Sampling = Sampling(), use_cache: bool = True,
+             banned: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
     """Continue each prompt (token ids with image slots already expanded) until <|eos|> or
-    max_new_tokens. `images` holds the prompts' images in order of appearance; `banned` (B, V),
-    True where a row may never emit a token. Returns the new ids."""
+    max_new_tokens. `images` holds the prompts' images in order of appearance; `banned` maps the
+    ids written so far (B, t) and the next logits (B, V) to (B, V), True where a row may not
+    emit a token next (grounded decoding, concepts.Grounding). Returns the new ids."""
     model.eval()
     device = next(model.parameters()).device
     longest = max(len(p) for p in prompts)
@@ -93,7 +96,6 @@ def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch
     gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
 
     ids, valid = (t.to(device) for t in left_pad(prompts))
-    banned = banned.to(device) if banned is not None else None
     x = model.embed(ids, images.to(device) if images is not None else None)  # image features once
     history = ids.masked_fill(ids == IMAGE_ID, PAD_ID)
     out = torch.full((len(prompts), steps), PAD_ID, dtype=torch.long)
@@ -107,7 +109,7 @@ def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch
             h, cache = model.decoder(x, positions, _attention_mask(valid, x.shape[1]))
         logits = model.decoder.head(h[:, -1])
         if banned is not None:
-            logits = logits.masked_fill(banned, float("-inf"))
+            logits = logits.masked_fill(banned(out[:, :t], logits).to(device), float("-inf"))
         nxt = _next_token(logits, history, sampling, gen).cpu()
         nxt = nxt.masked_fill(done, PAD_ID)
         out[:, t] = nxt
