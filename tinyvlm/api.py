@@ -125,8 +125,7 @@ class TinyVLM:
                                "--concept-pretrain and --freeze-encoder keeps; decode without --ground")
         probs = (self.concept_head.patch_probs(self.model.vision(pixels.to(self.device))).cpu()
                  if pixels is not None else torch.zeros(0, 0, len(self.concepts)))  # (N, P, concepts)
-        rows = probs.split(per_row)
-        rows = [r.flatten(0, 1) for r in rows]  # each row's patches, over all its pictures
+        rows = [r.flatten(0, 1) for r in probs.split(per_row)]  # each row's patches, over all its pictures
         return Grounding(rows, self.concepts, self.tokenizer, threshold, self.cfg.lm_vocab_size)
 
     def describe(self, images: ImageLike | Sequence[ImageLike], style: str = "short", prefix: str = "",

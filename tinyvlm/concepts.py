@@ -223,9 +223,11 @@ class Grounding:
         """new (B, t) ids written so far, logits (B, V) for the next -> (B, V) True where a row
         may not write next."""
         banned = self.anywhere.clone()
+        if not self.phrases:  # no concept of several words (caption words): nothing depends on context
+            return banned
         probs = logits.float().softmax(-1).cpu()
         for row, p in enumerate(self.probs):
-            if not len(p) or not self.phrases:
+            if not len(p):
                 continue
             sentence = re.split(r"[.!?]", self.tokenizer.decode(new[row].tolist()))[-1]
             words = [NUMBER_WORDS.get(w, w) for w in re.findall(r"[a-z0-9]+", sentence.lower())]
