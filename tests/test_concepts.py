@@ -152,6 +152,11 @@ def test_a_frozen_run_keeps_its_concept_head_and_grounded_decoding_never_names_w
     for i, text in enumerate(texts):
         written = set(vlm.tokenizer.encode_answer(text))
         assert not written & set(torch.nonzero(banned[i]).flatten().tolist()), (text, truth[i])
+    contexts, grounding = [], vlm.grounding  # the rules read the text a row already holds
+    vlm.grounding = lambda *a: contexts.append(a[3]) or grounding(*a)
+    vlm.ask(images[0], "What colour is it?", Sampling(max_new_tokens=2, ground=0.3))
+    vlm.describe(images[0], prefix="I see a", sampling=Sampling(max_new_tokens=2, ground=0.3))
+    assert contexts == [["What colour is it?"], ["Describe the picture. I see a"]]
 
     train(_cfg(tmp_path / "free", data))
     free = TinyVLM.from_pretrained(tmp_path / "free" / "run")
@@ -197,3 +202,44 @@ def test_grounding_bans_by_context_what_the_head_does_not_see_there():
     assert banned_after("I see a cat to the", sure_of="left") == {"ball"}       # ... unless nothing else would do
     assert banned_after("I see a cat. It is to the left of the") == {"ball", "duck", "ducks"}  # no subject: any patch
     assert banned_after("It is red. I see a") == {"ball"}                       # a new sentence starts afresh
+
+
+def test_grounding_checks_what_is_said_of_the_subject_a_question_asks_about_or_a_relation_names():
+    """Two patches: one red duck, and two blue cats next to it. After "the duck is", and in the
+    answer to a question about the duck, only the duck's colour and count may be said; the object
+    of a relation is not the subject ("what is next to the duck?" asks about the cats). A
+    combination the training scenes never held ("red cat") counts as absent, a thing is never
+    where it is itself, and once a thing must be named, no word may leave none to name. If the
+    head backs no value of an attribute, that attribute is left to the model."""
+    from tinyvlm.concepts import Grounding
+    from tinyvlm.tokenizer import Tokenizer
+    tok = Tokenizer.train(["What colour is the duck? red. How many cats are there? two, one. "
+                           "The duck is red and the cats are blue. I see a blue cat next to a duck."] * 20, 400)
+    concepts = ["cat", "duck", "blue cat", "blue duck", "red duck", "1 duck", "2 cat",
+                "next to cat", "next to duck", "colour blue", "colour red", "count 1", "count 2"]
+    probs = torch.zeros(2, len(concepts))
+    probs[0, [1, 4, 5, 7, 10, 11]] = 0.9   # patch 0: a red duck, next to the cats
+    probs[1, [0, 2, 6, 8, 9, 12]] = 0.9    # patch 1: two blue cats, next to the duck
+    unsure = probs.clone()
+    unsure[:, 2] = 0.1                     # the head cannot tell the cats' colour
+    crowded = probs.clone()
+    crowded[1, 7] = 0.9                    # where things overlap, a cat's patch is also "next to cat"
+    word = {w: tok.encode(f" {w}")[0] for w in ("cat", "cats", "duck", "red", "blue", "one", "two")}
+    assert all(len(tok.encode(f" {w}")) == 1 for w in word)
+
+    def banned_after(text, context="", p=probs):
+        g = Grounding([p], concepts, tok, threshold=0.5, vocab_size=tok.vocab_size, context=[context])
+        row = g(torch.tensor([tok.encode_answer(text)]), torch.zeros(1, tok.vocab_size))[0]
+        return {w for w, i in word.items() if row[i]}
+
+    assert banned_after("The duck is") == {"blue", "two"}                  # said of the duck: red, one
+    assert banned_after("The cats are") == {"red", "one"}
+    assert banned_after("The cats are", p=unsure) == {"one"}               # no colour backed: left alone
+    assert banned_after("", "What colour is the duck?") == {"blue", "two"}  # the answer is about the duck
+    assert banned_after("", "How many cats are there?") == {"red", "one"}
+    assert banned_after("", "What is next to the duck?") == set()          # the duck is the object here
+    assert banned_after("I see a red") == {"cat", "cats", "two"}           # "red cat" never seen: absent
+    assert banned_after("a", "I see a red") == banned_after("I see a red a")  # a prefix counts as said
+    assert banned_after("The duck is next to the") == {"duck", "red", "one"}
+    assert banned_after("The cats are next to the", p=crowded) == {"cat", "cats", "blue", "two"}  # not next to itself
+    assert banned_after("I see two") == {"duck", "red", "one"}             # a "2" thing must follow: no red one

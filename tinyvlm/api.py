@@ -112,21 +112,24 @@ class TinyVLM:
         flat = [im for row in images for im in row]
         pix = self.pixels(flat) if flat else None
         sampling = sampling or Sampling()
-        banned = self.grounding(pix, [len(row) for row in images], sampling.ground) if sampling.ground else None
+        banned = (self.grounding(pix, [len(row) for row in images], sampling.ground, [self.tokenizer.decode(i) for i in ids])
+                  if sampling.ground else None)
         out = generate(self.model, ids, pix, sampling, use_cache, banned)
         return [self.tokenizer.decode(self.tokenizer.encode_answer(pre) + o) for pre, o in zip(prefixes, out)]
 
     @torch.no_grad()
-    def grounding(self, pixels: torch.Tensor | None, per_row: list[int], threshold: float) -> Grounding:
+    def grounding(self, pixels: torch.Tensor | None, per_row: list[int], threshold: float,
+                  context: list[str] | None = None) -> Grounding:
         """What grounded decoding may not let each row write, from the concept head's reading of
-        the row's pictures (concepts.Grounding, docs/evaluation.md#grounded-decoding)."""
+        the row's pictures and the text already in the row, its prompt and prefix
+        (concepts.Grounding, docs/evaluation.md#grounded-decoding)."""
         if self.concept_head is None:
             raise TinyVLMError("grounded decoding needs the model's concept head, which only a run trained with "
                                "--concept-pretrain and --freeze-encoder keeps; decode without --ground")
         probs = (self.concept_head.patch_probs(self.model.vision(pixels.to(self.device))).cpu()
                  if pixels is not None else torch.zeros(0, 0, len(self.concepts)))  # (N, P, concepts)
         rows = [r.flatten(0, 1) for r in probs.split(per_row)]  # each row's patches, over all its pictures
-        return Grounding(rows, self.concepts, self.tokenizer, threshold, self.cfg.lm_vocab_size)
+        return Grounding(rows, self.concepts, self.tokenizer, threshold, self.cfg.lm_vocab_size, context)
 
     def describe(self, images: ImageLike | Sequence[ImageLike], style: str = "short", prefix: str = "",
                  sampling: Sampling | None = None) -> str | list[str]:

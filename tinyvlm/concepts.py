@@ -160,6 +160,8 @@ RELATION_PHRASES = {tuple(r.split()) for r in RELATIONS}
 COMMITTING = {tuple(r.split()): {w.split()[0], r.split()[0]} for r, w in REL_WORDS.items() if r not in ("on", "in")}
 COMMITTING_ATTRIBUTES = ("size", "count")
 HOLD_BACK_FLOOR = 0.1  # hold back a committing word only if the words left hold this much probability
+COPULAS = {("is",), ("are",)}  # "the duck is" ... a colour, size or count of the duck
+ARTICLES = {"a", "an", "the"}
 
 
 class Grounding:
@@ -167,35 +169,51 @@ class Grounding:
     the concept head sees in the row's pictures. Why: most false claims of a small model name
     something its own encoder had rated absent (docs/evaluation.md#grounded-decoding).
 
-    Three rules, by the head's probability against `threshold`:
+    Four rules, by the head's probability against `threshold`:
     - anywhere: a word the head finds in no patch: a one-word concept (a kind, a caption word),
       or the value of an attribute concept ("sunny" with no patch "weather sunny");
     - in context: after a concept's leading words in the current sentence, with no thing named
       since, a thing that would complete a concept the head does not see ("red" ... "duck" needs
       "red duck", "two" ... "ducks" needs "2 duck"). A relation must hold at a patch of the
       sentence's subject: "a duck to the left of a cat" needs a patch both "duck" and "left of
-      cat". If no thing would be left to name, the sentence is already committed and the rule
-      stands aside, so the text stays grammatical;
-    - before committing: the first word of a relation, size or count ("to" the left of, "big",
-      "two") that no thing in sight could complete, so a claim the head cannot back is not
-      begun; unless the words left hold under HOLD_BACK_FLOOR of the model's probability ("we
-      go to the park" must still be written)."""
+      cat", and a thing is never where it is itself. If no thing would be left to name, the
+      sentence is already committed and the rule stands aside, so the text stays grammatical;
+    - after the subject: a colour, size or count the head does not see on the sentence's
+      subject, where the sentence says what the subject is ("the duck is" ... "red" needs "red
+      duck"), or where it answers a question about it ("What colour is the duck?" ... "red").
+      If the head backs no value of that attribute, the rule stands aside;
+    - before committing: a word no thing in sight could complete: the first word of a
+      relation, size or count ("to" the left of, "big", "two"), and once a sentence must name
+      a thing, any colour, size or count that would leave none to name. So a claim the head
+      cannot back is not begun, and the committed guard seldom has to stand aside. Unless the
+      words left hold under HOLD_BACK_FLOOR of the model's probability ("we go to the park"
+      must still be written).
 
-    def __init__(self, probs: list[torch.Tensor], concepts: list[str], tokenizer, threshold: float, vocab_size: int):
+    A sentence's subject is the last thing it names that is not a relation's object ("the duck
+    next to the cat": the duck). A combination the training scenes never held ("purple duck",
+    under build_vocab's min_count) is taken as absent. `context` is each row's text before what
+    it writes (its prompt and prefix), so a given prefix or a question counts as said."""
+
+    def __init__(self, probs: list[torch.Tensor], concepts: list[str], tokenizer, threshold: float, vocab_size: int,
+                 context: list[str] | None = None):
         self.probs, self.tokenizer, self.threshold = probs, tokenizer, threshold  # probs: per row, (patches, concepts)
+        self.context = context or [""] * len(probs)
         self.index = {c: i for i, c in enumerate(concepts)}
         self.words = {c: ids for c in concepts if " " not in c and (ids := word_tokens(tokenizer, c))}
         self.forms = {f: c for c in self.words for f in (c, c + "s", c + "es")}  # "ducks" -> "duck"
         self.phrases = defaultdict(dict)  # ("left", "of") -> {"cat": index of "left of cat"}
         values, committing = {}, dict(COMMITTING)  # "sunny": index of "weather sunny"; ("big",): {"big"}
+        self.attributes = defaultdict(dict)  # "colour" -> {token id of " red": ("red",)}, a lead of "red duck"
         for c, i in self.index.items():
             lead, _, last = c.rpartition(" ")
             if lead and last in self.words:
                 self.phrases[tuple(lead.split())][last] = i
             elif lead and " " not in lead and len(ids := tokenizer.encode(" " + SPOKEN.get(last, last))) == 1:
                 values[ids[0]] = i
+                self.attributes[lead][ids[0]] = (last,)
                 if lead in COMMITTING_ATTRIBUTES:
                     committing[(last,)] = {SPOKEN.get(last, last)}
+        self.committing = set(committing)
         self.starts = defaultdict(list)  # token id of " to" -> [("left", "of"), ("right", "of")]
         for lead, words in committing.items():
             for word in words:
@@ -211,13 +229,23 @@ class Grounding:
             self.anywhere[row, [t for t, i in values.items() if best[i] < threshold]] = True
 
     def _holds(self, p: torch.Tensor, lead: tuple, word: str, subject: str | None) -> bool:
-        i = self.phrases[lead].get(word)
-        if i is None:
-            return True  # a concept never seen in training: nothing to judge by
+        i = self.phrases.get(lead, {}).get(word)
+        if i is None or (lead in RELATION_PHRASES and word == subject):
+            return False  # never in the training scenes; or a thing where it is itself, which no patch tells apart
         score = p[:, i]
         if lead in RELATION_PHRASES and subject is not None:
             score = torch.minimum(score, p[:, self.index[subject]])
         return bool(score.max() >= self.threshold)
+
+    def _read(self, sentence: str) -> tuple[list[str], list[int], str | None]:
+        """A sentence's words ("two" as "2"), where it names things, and its subject."""
+        words = [NUMBER_WORDS.get(w, w) for w in re.findall(r"[a-z0-9]+", sentence.lower())]
+        named = [i for i, w in enumerate(words) if w in self.forms]
+        for i in reversed(named):
+            before = tuple(w for w in words[:i] if w not in ARTICLES)
+            if not any(before[len(before) - len(r):] == r for r in RELATION_PHRASES):
+                return words, named, self.forms[words[i]]
+        return words, named, None
 
     def __call__(self, new: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """new (B, t) ids written so far, logits (B, V) for the next -> (B, V) True where a row
@@ -229,22 +257,35 @@ class Grounding:
         for row, p in enumerate(self.probs):
             if not len(p):
                 continue
-            sentence = re.split(r"[.!?]", self.tokenizer.decode(new[row].tolist()))[-1]
-            words = [NUMBER_WORDS.get(w, w) for w in re.findall(r"[a-z0-9]+", sentence.lower())]
-            named = [i for i, w in enumerate(words) if w in self.forms]
-            subject = self.forms[words[named[-1]]] if named else None
+            parts = re.split(r"([.!?])", f"{self.context[row]} {self.tokenizer.decode(new[row].tolist())}")
+            words, named, subject = self._read(parts[-1])
             since = tuple(words[named[-1] + 1:] if named else words)
+            replying = not words and len(parts) > 2 and parts[-2] == "?"
+            if replying:  # the answer to a question is about the question's subject
+                subject = self._read(parts[-3])[2]
             active = [lead for lead in self.phrases
                       if any(since[i:i + len(lead)] == lead for i in range(len(since) - len(lead) + 1))]
             fits = {w for w in self.seen[row] if all(self._holds(p, lead, w, subject) for lead in active)}
             if fits or not active:
                 for w in self.seen[row] - fits:
                     banned[row, self.words[w]] = True
+            if subject is not None and (replying or since in COPULAS):
+                for values in self.attributes.values():
+                    known = {t: self._holds(p, lead, subject, None) for t, lead in values.items()
+                             if subject in self.phrases.get(lead, {})}
+                    if any(known.values()):
+                        banned[row, [t for t in values if not known.get(t, False)]] = True
             hold = banned[row].clone()
             for token, leads in self.starts.items():
                 if not set(leads) & set(active) and not any(self._holds(p, lead, w, subject)
                                                             for lead in leads for w in fits):
                     hold[token] = True
+            if self.committing & set(active):  # a thing must be named: no word that leaves none to name
+                for values in self.attributes.values():
+                    for token, lead in values.items():
+                        if lead in self.phrases and lead not in active and not any(
+                                self._holds(p, lead, w, subject) for w in fits):
+                            hold[token] = True
             if probs[row][~hold].sum() >= HOLD_BACK_FLOOR:
                 banned[row] = hold
         return banned
