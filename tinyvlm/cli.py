@@ -21,7 +21,8 @@ def _add_sampling(p: argparse.ArgumentParser):
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--ground", type=float, default=0.0, metavar="P",
-                   help="never name a thing the model's concept head rates below probability P (0 = off)")
+                   help="never name a thing the model's concept head rates below probability P "
+                        "(0 = off; 0.5, the head's own decision, is the recipe's)")
 
 
 def _sampling(a, default_max: int):
@@ -231,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--llm-model", dest="llm_model")
     s.add_argument("--llm-api-key-env", dest="llm_api_key_env", default="OPENAI_API_KEY")
     s.add_argument("--ground", type=float, default=0.0, metavar="P",
-                   help="grounded decoding for every run: never name a thing the concept head rates below P (0 = off)")
+                   help="grounded decoding for every run: never name a thing the concept head rates below P "
+                        "(0 = off; 0.5 is the recipe's)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("demo", help="the 10-minute tour: make data, train, describe held-out pictures, score")

@@ -105,7 +105,8 @@ def write_report(results: dict, out: Path) -> None:
     if samples:
         sample_grid(samples[:8], out / "samples.png")
     md = [f"# tinyvlm evaluation\n\nmodel `{results['config']['model']}` on `{results['config']['data']}` "
-          f"({results['n']} records, judge: {results['config']['judge']})\n", "## Scores\n", markdown_table(header, rows), ""]
+          f"({results['n']} records, judge: {results['config']['judge']}, "
+          f"grounded decoding: {results['config'].get('ground') or 'off'})\n", "## Scores\n", markdown_table(header, rows), ""]
     for run, res in results["runs"].items():
         for task in ("vqa", "probe"):
             if res.get(task, {}).get("by_type"):
