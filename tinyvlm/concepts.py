@@ -247,6 +247,16 @@ class Grounding:
                 return words, named, self.forms[words[i]]
         return words, named, None
 
+    def _sentence(self, text: str) -> tuple[str | None, tuple, bool]:
+        """The current sentence of a row's text: its subject, its words since the last thing
+        named, and whether it answers a question (then its subject is the question's)."""
+        parts = re.split(r"([.!?])", text)
+        words, named, subject = self._read(parts[-1])
+        replying = not words and len(parts) > 2 and parts[-2] == "?"
+        if replying:
+            subject = self._read(parts[-3])[2]
+        return subject, tuple(words[named[-1] + 1:] if named else words), replying
+
     def __call__(self, new: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """new (B, t) ids written so far, logits (B, V) for the next -> (B, V) True where a row
         may not write next."""
@@ -257,25 +267,21 @@ class Grounding:
         for row, p in enumerate(self.probs):
             if not len(p):
                 continue
-            parts = re.split(r"([.!?])", f"{self.context[row]} {self.tokenizer.decode(new[row].tolist())}")
-            words, named, subject = self._read(parts[-1])
-            since = tuple(words[named[-1] + 1:] if named else words)
-            replying = not words and len(parts) > 2 and parts[-2] == "?"
-            if replying:  # the answer to a question is about the question's subject
-                subject = self._read(parts[-3])[2]
+            text = f"{self.context[row]} {self.tokenizer.decode(new[row].tolist())}"
+            subject, since, replying = self._sentence(text)
             active = [lead for lead in self.phrases
                       if any(since[i:i + len(lead)] == lead for i in range(len(since) - len(lead) + 1))]
             fits = {w for w in self.seen[row] if all(self._holds(p, lead, w, subject) for lead in active)}
-            if fits or not active:
+            if fits or not active:  # in context, unless the sentence is committed and nothing fits
                 for w in self.seen[row] - fits:
                     banned[row, self.words[w]] = True
-            if subject is not None and (replying or since in COPULAS):
+            if subject is not None and (replying or since in COPULAS):  # after the subject
                 for values in self.attributes.values():
                     known = {t: self._holds(p, lead, subject, None) for t, lead in values.items()
                              if subject in self.phrases.get(lead, {})}
                     if any(known.values()):
                         banned[row, [t for t in values if not known.get(t, False)]] = True
-            hold = banned[row].clone()
+            hold = banned[row].clone()  # before committing, unless too little would be left
             for token, leads in self.starts.items():
                 if not set(leads) & set(active) and not any(self._holds(p, lead, w, subject)
                                                             for lead in leads for w in fits):
