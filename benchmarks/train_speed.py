@@ -35,13 +35,13 @@ def one_config(preset: str, dtype: str, image_size: int, patch_size: int, batch:
 
     from tinyvlm.config import get_preset
     from tinyvlm.model import IGNORE, VisionLanguageModel
-    from tinyvlm.tokenizer import BOS_ID, IMAGE_ID, SEP_ID
+    from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
 
     torch.manual_seed(0)
     cfg = get_preset(preset, vit_image_size=image_size, vit_patch_size=patch_size, lm_vocab_size=4096)
     model = VisionLanguageModel(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    prompt = [BOS_ID] + [IMAGE_ID] * cfg.image_tokens + [SEP_ID]
+    prompt = [BOS_ID, USER_ID, IMAGE_START_ID] + [IMAGE_ID] * cfg.image_tokens + [IMAGE_END_ID, ASSISTANT_ID]
     ids = torch.tensor([prompt + list(range(10, 10 + text_len))] * batch)
     labels = torch.full_like(ids, IGNORE)
     labels[:, len(prompt) - 1:-1] = ids[:, len(prompt):]
@@ -74,14 +74,14 @@ def latency(preset: str, image_size: int, patch_size: int, new_tokens: int, reps
     from tinyvlm.config import get_preset
     from tinyvlm.generate import Sampling, generate
     from tinyvlm.model import VisionLanguageModel
-    from tinyvlm.tokenizer import BOS_ID, EOS_ID, IMAGE_ID, SEP_ID
+    from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
 
     torch.manual_seed(0)
     cfg = get_preset(preset, vit_image_size=image_size, vit_patch_size=patch_size, lm_vocab_size=4096)
     model = VisionLanguageModel(cfg).eval()
     with torch.no_grad():
         model.decoder.head.weight[EOS_ID] = -1.0  # random weights must not stop early: time the full length
-    prompt = [[BOS_ID] + [IMAGE_ID] * cfg.image_tokens + [SEP_ID]]
+    prompt = [[BOS_ID, USER_ID, IMAGE_START_ID] + [IMAGE_ID] * cfg.image_tokens + [IMAGE_END_ID, ASSISTANT_ID]]
     image = torch.randn(1, 3, image_size, image_size)
     out = {"preset": preset}
     for cache in (True, False):

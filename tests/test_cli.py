@@ -36,7 +36,7 @@ def test_corrupt_image_names_the_file(capsys, model_dir):
     assert code == 2 and len(err) == 1 and "broken.png" in err[0]
 
 
-@pytest.mark.parametrize("ground, says", [("0.3", "concept head"), ("1.5", "0 <= ground < 1")])
+@pytest.mark.parametrize("ground, says", [("0.3", "concept head"), ("1.5", "ground must be a number >= 0 and < 1")])
 def test_grounding_without_a_concept_head_or_out_of_range_is_one_clear_line(capsys, model_dir, ground, says):
     img = str(model_dir / "shapes/images/000.png")
     code, err = _err(capsys, ["describe", img, "--model", str(model_dir / "run"), "--ground", ground])

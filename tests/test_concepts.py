@@ -18,8 +18,9 @@ SCENE = {"place": "park", "time": "day", "weather": "sunny", "things": [
 
 
 def _cfg(tmp_path, data, **kw):
+    # 256 bytes + 8 special tokens leave 56 merges in 320: enough for each colour to be one token
     base = dict(data=str(data), out=str(tmp_path / "run"), preset="nano", steps=60, batch_size=8, lr=3e-3,
-                warmup=5, vocab_size=300, eval_every=20, save_every=15, log_every=5, progress=False,
+                warmup=5, vocab_size=320, eval_every=20, save_every=15, log_every=5, progress=False,
                 concept_pretrain=0.5)
     return TrainConfig(**{**base, **kw})
 
@@ -150,7 +151,7 @@ def test_a_frozen_run_keeps_its_concept_head_and_grounded_decoding_never_names_w
     assert sum(true_banned) <= 1 and sum(wrong_banned) >= 0.8 * len(wrong_banned), (true_banned, wrong_banned)
     texts = vlm.describe(images, sampling=Sampling(max_new_tokens=12, ground=0.3))
     for i, text in enumerate(texts):
-        written = set(vlm.tokenizer.encode_answer(text))
+        written = set(vlm.tokenizer.encode_text(text))
         assert not written & set(torch.nonzero(banned[i]).flatten().tolist()), (text, truth[i])
     contexts, grounding = [], vlm.grounding  # the rules read the text a row already holds
     vlm.grounding = lambda *a: contexts.append(a[3]) or grounding(*a)
@@ -188,7 +189,7 @@ def test_grounding_bans_by_context_what_the_head_does_not_see_there():
         logits = torch.zeros(1, tok.vocab_size)
         if sure_of:  # the model all but certain of its next word
             logits[0, word[sure_of]] = 20.0
-        row = g(torch.tensor([tok.encode_answer(text)]), logits)[0]
+        row = g(torch.tensor([tok.encode_text(text)]), logits)[0]
         assert row[word["sunny"]] and not row[word["rainy"]]  # an attribute's value, anywhere
         return {w for w, i in word.items() if row[i]} - {"sunny"}
 
@@ -229,7 +230,7 @@ def test_grounding_checks_what_is_said_of_the_subject_a_question_asks_about_or_a
 
     def banned_after(text, context="", p=probs):
         g = Grounding([p], concepts, tok, threshold=0.5, vocab_size=tok.vocab_size, context=[context])
-        row = g(torch.tensor([tok.encode_answer(text)]), torch.zeros(1, tok.vocab_size))[0]
+        row = g(torch.tensor([tok.encode_text(text)]), torch.zeros(1, tok.vocab_size))[0]
         return {w for w, i in word.items() if row[i]}
 
     assert banned_after("The duck is") == {"blue", "two"}                  # said of the duck: red, one

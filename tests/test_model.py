@@ -9,7 +9,8 @@ from tinyvlm.config import PAPER_PARAMS, get_preset
 from tinyvlm.errors import TinyVLMError
 from tinyvlm.generate import Sampling, generate
 from tinyvlm.model import VisionLanguageModel
-from tinyvlm.tokenizer import BOS_ID, EOS_ID, IMAGE_ID, SEP_ID, SPECIALS, Tokenizer
+from tinyvlm.tokenizer import (ASSISTANT_ID, BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, SPECIALS,
+                               USER_ID, Tokenizer)
 
 
 @pytest.mark.parametrize("name", ["mini", "base", "large"])
@@ -39,16 +40,19 @@ def _tokenizer():
     return Tokenizer.train(["a red ball on the grass.", "a blue cup in the room.", "What colour is the ball? red"] * 5, 300)
 
 
-def test_tokenizer_specials_and_example_layout():
+def test_tokenizer_specials_and_chat_layout():
     tok = _tokenizer()
     assert [tok.tk.token_to_id(s) for s in SPECIALS] == list(range(len(SPECIALS)))
-    ids, n_prompt = tok.encode_example("<image> What colour?", image_tokens=3, target="red")
-    assert ids[0] == BOS_ID and ids[1:4] == [IMAGE_ID] * 3 and ids[n_prompt - 1] == SEP_ID and ids[-1] == EOS_ID
-    assert tok.decode(ids[n_prompt:]) == "red"
+    enc = tok.encode_conversation([("user", "<image> What colour?"), ("assistant", "red")], image_tokens=[3])
+    ids = enc.ids
+    assert ids[:7] == [BOS_ID, USER_ID, IMAGE_START_ID, IMAGE_ID, IMAGE_ID, IMAGE_ID, IMAGE_END_ID]
+    answer = ids.index(ASSISTANT_ID) + 1
+    assert ids[-1] == EOS_ID and tok.decode(ids[answer:]) == "red"
+    assert enc.learn == [i >= answer for i in range(len(ids))]
     # the protocol's prefix tokenises exactly like the start of the full text
-    full, n = tok.encode_example("<image>", 3, target="a red ball on the grass.")
-    part, m = tok.encode_example("<image>", 3, prefix="a red ball")
-    assert full[:m] == part
+    full = tok.encode_conversation([("user", "<image>"), ("assistant", "a red ball on the grass.")], [3]).ids
+    part = tok.encode_conversation([("user", "<image>")], [3], prefix="a red ball").ids
+    assert full[:len(part)] == part
 
 
 def _model(**kw):
@@ -56,9 +60,13 @@ def _model(**kw):
     return VisionLanguageModel(get_preset("nano", dropout=0.0, **kw)).eval()
 
 
+def _picture(n):
+    return [IMAGE_START_ID] + [IMAGE_ID] * n + [IMAGE_END_ID]
+
+
 def _prompts(cfg):
     n = cfg.image_tokens
-    return [[BOS_ID] + [IMAGE_ID] * n + [SEP_ID, 40, 41, 42], [BOS_ID] + [IMAGE_ID] * n + [SEP_ID]]
+    return [[BOS_ID, USER_ID] + _picture(n) + [40, 41, 42, ASSISTANT_ID], [BOS_ID, USER_ID] + _picture(n) + [ASSISTANT_ID]]
 
 
 def test_kv_cache_matches_full_recompute():
@@ -92,7 +100,7 @@ def test_plain_bf16_attention_matches_the_fused_kernel(kind):
         mask = (mask | torch.eye(9, dtype=torch.bool))[:, None]
     causal = kind == "causal"
     leaves = [t.bfloat16().requires_grad_() for t in (q, k, v)]
-    ours = attend(*leaves, mask, causal, 0.0)
+    ours, _ = attend(*leaves, mask, causal, 0.0)
     ours.float().square().sum().backward()
     ref_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     ref = F.scaled_dot_product_attention(*ref_leaves, attn_mask=mask, is_causal=causal)
@@ -105,11 +113,11 @@ def test_plain_bf16_attention_matches_the_fused_kernel(kind):
         k2, v2 = k.clone(), v.clone()
         k2[..., -1, :] += 5
         v2[..., -1, :] += 5
-        again = attend(q.bfloat16(), k2.bfloat16(), v2.bfloat16(), None, True, 0.0)
+        again, _ = attend(q.bfloat16(), k2.bfloat16(), v2.bfloat16(), None, True, 0.0)
         assert torch.equal(again[..., :-1, :], ours.detach()[..., :-1, :])
 
 
-def test_banned_tokens_are_never_emitted_and_only_in_their_row():
+def test_a_constraints_banned_tokens_are_never_emitted_and_only_in_their_row():
     m = _model()
     images = torch.randn(2, 3, 32, 32)
     s = Sampling(max_new_tokens=20)
@@ -117,7 +125,7 @@ def test_banned_tokens_are_never_emitted_and_only_in_their_row():
     banned = torch.zeros(2, m.cfg.lm_vocab_size, dtype=torch.bool)
     banned[0, free[0]] = True  # every token row 0 wrote when free
     given = []
-    out = generate(m, _prompts(m.cfg), images, s, banned=lambda new, logits: given.append(new.clone()) or banned)
+    out = generate(m, _prompts(m.cfg), images, s, constraint=lambda new, logits: given.append(new.clone()) or banned)
     assert free[0] and not set(out[0]) & set(free[0])
     assert out[1] == free[1]
     # asked before every step, with what each row has written so far
@@ -147,14 +155,14 @@ def test_eos_stops_generation():
 def test_pixel_shuffle_shortens_image_tokens():
     m = _model(mp_pixel_shuffle=2)
     assert m.cfg.image_tokens == (32 // 8 // 2) ** 2 + 1
-    ids = torch.tensor([[BOS_ID] + [IMAGE_ID] * m.cfg.image_tokens + [SEP_ID, 9]])
+    ids = torch.tensor([[BOS_ID, USER_ID] + _picture(m.cfg.image_tokens) + [ASSISTANT_ID, 9]])
     logits, _ = m(ids, torch.randn(1, 3, 32, 32))
     assert logits.shape == (1, ids.shape[1], m.cfg.lm_vocab_size)
 
 
 def test_slot_count_mismatch_is_an_error():
     m = _model()
-    ids = torch.tensor([[BOS_ID, IMAGE_ID, SEP_ID]])
+    ids = torch.tensor([[BOS_ID, IMAGE_ID, ASSISTANT_ID]])
     with pytest.raises(TinyVLMError, match="image-token slots"):
         m(ids, torch.randn(1, 3, 32, 32))
 

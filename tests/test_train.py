@@ -27,7 +27,7 @@ def test_nano_learns_to_see(tmp_path):
     train_file = make_shapes_dataset(tmp_path / "train", n=32, seed=0)
     val_file = make_shapes_dataset(tmp_path / "val", n=16, seed=1)
     vlm = train(_cfg(tmp_path, train_file, val_data=str(val_file), steps=150, batch_size=16, eval_every=50))
-    n_target = len(vlm.tokenizer.encode_answer("a red square on a white page.")) + 1  # + <|eos|>
+    n_target = len(vlm.tokenizer.encode_text("a red square on a white page.")) + 1  # + <|eos|>
     blind = (math.log(4) + math.log(2)) / n_target
     val = [r["val_loss"] for r in _metrics(tmp_path / "run") if "val_loss" in r]
     assert val[-1] < 0.5 * blind, (val, blind)

@@ -1,12 +1,13 @@
 """`TinyVLM`: a trained model with its tokenizer, loaded from and saved to a directory, with the
-calls a user wants — describe a picture, complete a description, answer a question."""
+calls a user wants — describe a picture, complete a description, answer a question, hold a
+conversation over several pictures — each as a whole answer or streamed token by token."""
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -19,11 +20,25 @@ from .config import VLMConfig
 from .data.batches import MAX_TOKENS, Collator, Example, ask_prompt, describe_prompt
 from .data.images import preprocess
 from .errors import TinyVLMError
-from .generate import Sampling, generate
+from .generate import Constraint, Sampling, stream
+from .messages import parse_messages
 from .model import IGNORE, VisionLanguageModel
-from .tokenizer import Tokenizer
+from .tokenizer import EOS_ID, IMAGE_SLOT, Tokenizer
+
+FORMAT = "tinyvlm/2"  # the chat template and rotary positions; tinyvlm/1 models need retraining
 
 ImageLike = "str | os.PathLike | Image.Image"
+
+
+class Delta(NamedTuple):
+    """A piece of a row's text as it streams: the text it adds (possibly empty while a character's
+    bytes are incomplete), the token's id and log-probability (nats), and, on the row's last piece,
+    why it ended: 'stop' (the model ended its turn) or 'length' (max_new_tokens or the context)."""
+    row: int
+    text: str
+    token: int
+    logprob: float
+    finish: str | None = None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -53,6 +68,9 @@ class TinyVLM:
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "TinyVLM":
         d = resolve(path)
         meta = read_json(d / CONFIG)
+        if meta.get("format") != FORMAT:
+            raise TinyVLMError(f"{d} holds a {meta.get('format', 'unknown')} model; this tinyvlm reads {FORMAT} "
+                               "(the chat template and rotary positions): retrain it with `tinyvlm train`")
         cfg = VLMConfig.from_dict(meta.get("model", {}))
         model = VisionLanguageModel(cfg)
         try:
@@ -84,7 +102,7 @@ class TinyVLM:
         return Path(path)
 
     def write_files(self, d: Path) -> None:
-        meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": "tinyvlm/1"}
+        meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": FORMAT}
         if self.concept_head is not None:
             meta["concepts"] = self.concepts
             save_file(cpu_state(self.concept_head), d / CONCEPT_HEAD)
@@ -103,19 +121,74 @@ class TinyVLM:
     def pixels(self, images: Sequence[ImageLike]) -> torch.Tensor:
         return torch.stack([preprocess(im, self.cfg.vit_image_size, self.image_fit) for im in images])
 
-    def generate(self, prompts: Sequence[str], images: Sequence[Sequence[ImageLike]], prefixes: Sequence[str] | None = None,
-                 sampling: Sampling | None = None, use_cache: bool = True) -> list[str]:
-        """The general call: each prompt holds one <image> slot per image of its row. With a
-        prefix, the answer starts with it and the model continues (the paper's protocol)."""
-        prefixes = prefixes or [""] * len(prompts)
-        ids = [self.tokenizer.encode_example(p, self.cfg.image_tokens, prefix=pre)[0] for p, pre in zip(prompts, prefixes)]
+    def _prepare(self, conversations: Sequence[Sequence[tuple[str, str]]], images: Sequence[Sequence[ImageLike]],
+                 prefixes: Sequence[str] | None, sampling: Sampling | None, constraint: Constraint | None):
+        """Token ids, pixels and the constraint for a batch of conversations (each ending on a user
+        turn, holding one <image> slot per picture of its row)."""
+        if len(images) != len(conversations):
+            raise TinyVLMError(f"{len(conversations)} prompt(s) but {len(images)} rows of pictures")
+        prefixes = list(prefixes) if prefixes is not None else [""] * len(conversations)
+        ids = []
+        for row, (turns, pics, pre) in enumerate(zip(conversations, images, prefixes)):
+            slots = sum(text.count(IMAGE_SLOT) for role, text in turns if role == "user")
+            if slots != len(pics):
+                raise TinyVLMError(f"row {row}: {len(pics)} picture(s) but {slots} {IMAGE_SLOT} slot(s) in its prompt")
+            ids.append(self.tokenizer.encode_conversation(turns, self.model.image_token_counts(len(pics)), pre).ids)
         flat = [im for row in images for im in row]
         pix = self.pixels(flat) if flat else None
         sampling = sampling or Sampling()
-        banned = (self.grounding(pix, [len(row) for row in images], sampling.ground, [self.tokenizer.decode(i) for i in ids])
-                  if sampling.ground else None)
-        out = generate(self.model, ids, pix, sampling, use_cache, banned)
-        return [self.tokenizer.decode(self.tokenizer.encode_answer(pre) + o) for pre, o in zip(prefixes, out)]
+        if sampling.ground and constraint is None:
+            context = [self.tokenizer.decode(row) for row in ids]  # what each row says before it writes
+            constraint = self.grounding(pix, [len(row) for row in images], sampling.ground, context)
+        return ids, pix, prefixes, sampling, constraint
+
+    def stream_chat(self, conversations: Sequence[Sequence[tuple[str, str]]], images: Sequence[Sequence[ImageLike]],
+                    prefixes: Sequence[str] | None = None, sampling: Sampling | None = None,
+                    constraint: Constraint | None = None) -> Iterator[Delta]:
+        """The one streaming call everything else builds on: continue each conversation ((role,
+        text) turns ending on a user turn; <image> slots for its row's pictures) after its prefix,
+        yielding each row's text as it is decoded. `constraint` (generate.py) bans tokens per row;
+        `Sampling(ground=p)` makes one from the concept head."""
+        ids, pix, prefixes, sampling, constraint = self._prepare(conversations, images, prefixes, sampling, constraint)
+        written: list[list[int]] = [self.tokenizer.encode_text(pre) for pre in prefixes]
+        shown = [self.tokenizer.decode(w) for w in written]
+        for tok in stream(self.model, ids, pix, sampling, constraint=constraint):
+            row = tok.row
+            if tok.id == EOS_ID:
+                yield Delta(row, "", tok.id, tok.logprob, tok.finish)
+                continue
+            written[row].append(tok.id)
+            text = self.tokenizer.decode(written[row])
+            if text.endswith("\ufffd") and tok.finish is None:  # a character's bytes are not all there yet
+                yield Delta(row, "", tok.id, tok.logprob)
+                continue
+            piece = text[len(shown[row]):] if text.startswith(shown[row]) else text
+            shown[row] = text
+            yield Delta(row, piece, tok.id, tok.logprob, tok.finish)
+
+    def generate(self, prompts: Sequence[str], images: Sequence[Sequence[ImageLike]], prefixes: Sequence[str] | None = None,
+                 sampling: Sampling | None = None, constraint: Constraint | None = None) -> list[str]:
+        """The general call: each prompt holds one <image> slot per image of its row. With a
+        prefix, the answer starts with it and the model continues (the paper's protocol)."""
+        return self._collect([[("user", p)] for p in prompts], images, prefixes, sampling, constraint)
+
+    def _collect(self, conversations, images, prefixes=None, sampling=None, constraint=None) -> list[str]:
+        prefixes = list(prefixes) if prefixes is not None else [""] * len(conversations)
+        ids: list[list[int]] = [self.tokenizer.encode_text(pre) for pre in prefixes]
+        for d in self.stream_chat(conversations, images, prefixes, sampling, constraint):
+            if d.token != EOS_ID:
+                ids[d.row].append(d.token)
+        return [self.tokenizer.decode(row) for row in ids]
+
+    def chat(self, messages: list[dict], sampling: Sampling | None = None, stream: bool = False) -> str | Iterator[str]:
+        """Answer an OpenAI-style conversation (messages.py: text and image_url parts, data URLs or
+        paths, pictures anywhere in user turns), ending on a user message. Returns the reply, or
+        with `stream` an iterator of its text pieces."""
+        turns, pictures = parse_messages(messages)
+        sampling = sampling or Sampling(max_new_tokens=MAX_TOKENS["long"])
+        if not stream:
+            return self._collect([turns], [pictures], sampling=sampling)[0]
+        return (d.text for d in self.stream_chat([turns], [pictures], sampling=sampling) if d.text)
 
     @torch.no_grad()
     def grounding(self, pixels: torch.Tensor | None, per_row: list[int], threshold: float,
@@ -149,10 +222,12 @@ class TinyVLM:
 
     @torch.no_grad()
     def logprob(self, examples: Sequence[Example], batch_size: int = 32) -> list[float]:
-        """Total log-probability (nats) of each example's target given its images and prompt:
-        how much the model believes a text, for ranking a true description above a false one."""
+        """Total log-probability (nats) of each example's assistant text (its target, and any
+        assistant turns in its history) given its images and the rest: how much the model believes
+        a text, for ranking a true description above a false one. An example longer than the
+        context raises TinyVLMError rather than score a cut text."""
         self.model.eval()
-        collate = Collator(self.tokenizer, self.cfg, self.image_fit)
+        collate = Collator(self.tokenizer, self.cfg, self.image_fit, truncate=False)
         out: list[float] = []
         for i in range(0, len(examples), batch_size):
             b = collate(list(examples[i:i + batch_size]))

@@ -33,7 +33,8 @@ class VLMConfig:
     lm_heads: int = 8
     lm_mlp_ratio: float = 4.0
     lm_vocab_size: int = 12288  # the reference size presets are counted at; set from the tokenizer
-    lm_max_len: int = 512       # image tokens + text tokens
+    lm_max_len: int = 2048      # the context: image tokens (+ 2 markers a picture) + text tokens
+    lm_rope_base: float = 10000.0  # rotary positions (RoPE): no weights, so lm_max_len costs no parameters
     lm_tie_weights: bool = False
     dropout: float = 0.1
 
@@ -51,7 +52,7 @@ class VLMConfig:
         for name, width, heads in (("vit", self.vit_width, self.vit_heads), ("lm", self.lm_width, self.lm_heads)):
             if width % heads:
                 raise TinyVLMError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
-        if self.image_tokens >= self.lm_max_len:
+        if self.image_tokens + 2 >= self.lm_max_len:
             raise TinyVLMError(f"{self.image_tokens} image tokens do not fit in lm_max_len {self.lm_max_len}")
 
     @property
@@ -75,7 +76,7 @@ class VLMConfig:
 PRESETS: dict[str, VLMConfig] = {
     # for unit tests: trains in seconds
     "nano": VLMConfig(vit_image_size=32, vit_patch_size=8, vit_width=64, vit_depth=1, vit_heads=4,
-                      lm_width=64, lm_depth=2, lm_heads=4, lm_vocab_size=512, lm_max_len=256),
+                      lm_width=64, lm_depth=2, lm_heads=4, lm_vocab_size=512, lm_max_len=512),
     # the paper's three sizes (224 px, 16 px patches)
     "mini": VLMConfig(vit_width=400, vit_depth=1, vit_heads=8, lm_width=96, lm_depth=4, lm_heads=8),
     "base": VLMConfig(vit_width=512, vit_depth=3, vit_heads=8, lm_width=128, lm_depth=8, lm_heads=8),

@@ -1,19 +1,27 @@
-"""The one decoding loop: batched, left-padded prompts, KV cache, greedy or sampled.
+"""The one decoding loop: batched, left-padded prompts, KV cache, greedy or sampled, streamed token
+by token.
 
 Prompts of different lengths are left-padded so every row's next token sits in the last column;
 a boolean mask keeps padding out of attention and position ids count only real tokens, so a row
-decodes the same alone or in a batch.
+decodes the same alone or in a batch. `stream` yields each token as it is decoded, with its
+log-probability; `generate` is `stream` collected.
+
+A constraint is any callable `(new_ids (B, t), logits (B, V)) -> banned (B, V)`: given the ids each
+row has written so far in this call and the next logits, True where that row may not write a token
+next. Grounded decoding is one (TinyVLM.grounding); the decoding loop knows nothing else of it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
-from .errors import TinyVLMError
+from .errors import TinyVLMError, check_range
 from .model import VisionLanguageModel
 from .tokenizer import EOS_ID, IMAGE_ID, PAD_ID, SPECIALS
+
+Constraint = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -27,12 +35,16 @@ class Sampling:
     ground: float = 0.0       # > 0: never name a concept the model's concept head rates below this (TinyVLM.generate)
 
     def __post_init__(self):
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
-            raise TinyVLMError("sampling needs temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0")
-        if self.max_new_tokens < 1:
-            raise TinyVLMError("max_new_tokens must be at least 1")
-        if not 0 <= self.ground < 1:
-            raise TinyVLMError(f"ground is a probability threshold, 0 <= ground < 1 (0 = off); got {self.ground}")
+        check_range("max_new_tokens", self.max_new_tokens, 1, integer=True)
+        check_range("temperature", self.temperature, 0, 100, note="0 = greedy")
+        check_range("top_k", self.top_k, 0, integer=True, note="0 = off")
+        check_range("top_p", self.top_p, 0, 1, note="1 = off")
+        if self.top_p == 0:
+            raise TinyVLMError("top_p must be > 0 (1 = off); got 0")
+        check_range("repetition_penalty", self.repetition_penalty, 1e-3, 100, note="1 = off")
+        check_range("ground", self.ground, 0, 1, hi_open=True, note="a probability threshold, 0 = off")
+        if self.seed is not None:
+            check_range("seed", self.seed, 0, integer=True)
 
 
 def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,16 +58,6 @@ def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def _attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
-    """valid (B, T_k) -> (B, 1, q_len, T_k): causal over the last q_len keys, padding masked out.
-    Each position may always see itself, so rows of pure padding never go NaN."""
-    B, Tk = valid.shape
-    causal = torch.ones(q_len, Tk, dtype=torch.bool, device=valid.device).tril(Tk - q_len)
-    self_ = torch.zeros_like(causal)
-    self_[:, Tk - q_len:] = torch.eye(q_len, dtype=torch.bool, device=valid.device)
-    return ((causal & valid[:, None, :]) | self_)[:, None]
-
-
 def _next_token(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
     """logits (B, V), history (B, T) token ids so far -> next ids (B,)"""
     logits = logits.float()
@@ -66,7 +68,8 @@ def _next_token(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: t
         logits = torch.where(seen, penalised, logits)
     if s.temperature == 0:
         return logits.argmax(-1)
-    logits = logits / s.temperature
+    # from the best logit down, so a tiny temperature sharpens towards greedy instead of overflowing
+    logits = (logits - logits.amax(-1, keepdim=True)) / s.temperature
     if s.top_k:
         kth = logits.topk(min(s.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -78,47 +81,70 @@ def _next_token(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: t
     return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
 
 
+class Token(NamedTuple):
+    """One decoded token of one row: its id and its log-probability (nats) under the model's own
+    next-token distribution, before temperature, top-k/top-p, repetition penalty or constraints.
+    A row's last token says why it ended: `finish` 'stop' (it is EOS_ID, the turn's end) or
+    'length' (max_new_tokens or the context ran out); None before."""
+    row: int
+    id: int
+    logprob: float
+    finish: str | None = None
+
+
 @torch.no_grad()
-def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
-             sampling: Sampling = Sampling(), use_cache: bool = True,
-             banned: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
-    """Continue each prompt (token ids with image slots already expanded) until <|eos|> or
-    max_new_tokens. `images` holds the prompts' images in order of appearance; `banned` maps the
-    ids written so far (B, t) and the next logits (B, V) to (B, V), True where a row may not
-    emit a token next (grounded decoding, concepts.Grounding). Returns the new ids."""
+def stream(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
+           sampling: Sampling = Sampling(), use_cache: bool = True, constraint: Constraint | None = None,
+           features: list[torch.Tensor] | None = None) -> Iterator[Token]:
+    """Continue each prompt (token ids, image slots already expanded) until <|eos|> or
+    max_new_tokens, yielding each row's tokens as they are decoded, step by step. `images` holds
+    the prompts' pictures in order of appearance (or `features`, their image tokens already
+    computed). Without `use_cache`, every step re-reads the whole sequence (for tests)."""
     model.eval()
     device = next(model.parameters()).device
     longest = max(len(p) for p in prompts)
     if longest >= model.cfg.lm_max_len:
         raise TinyVLMError(f"prompt of {longest} tokens is too long: the model reads at most "
-                           f"{model.cfg.lm_max_len - 1} (images take {model.cfg.image_tokens} each)")
+                           f"{model.cfg.lm_max_len - 1} (a picture takes {model.cfg.image_tokens + 2})")
     steps = min(sampling.max_new_tokens, model.cfg.lm_max_len - longest)
     gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
 
     ids, valid = (t.to(device) for t in left_pad(prompts))
-    x = model.embed(ids, images.to(device) if images is not None else None)  # image features once
+    images = images.to(device) if images is not None else None
+    if features is None and images is not None and len(images):
+        features = model.image_features(images)  # the pictures are encoded once, whatever use_cache says
+    logits, state = model.prefill(ids, valid, features=features)
     history = ids.masked_fill(ids == IMAGE_ID, PAD_ID)
     out = torch.full((len(prompts), steps), PAD_ID, dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool)
-    cache, new_x = None, x
     for t in range(steps):
-        positions = (valid.cumsum(-1) - 1).clamp(min=0)
-        if use_cache and cache is not None:  # feed only the newest token; keys/values are cached
-            h, cache = model.decoder(new_x, positions[:, -1:], _attention_mask(valid, 1), cache)
-        else:
-            h, cache = model.decoder(x, positions, _attention_mask(valid, x.shape[1]))
-        logits = model.decoder.head(h[:, -1])
-        if banned is not None:
-            logits = logits.masked_fill(banned(out[:, :t], logits).to(device), float("-inf"))
+        if constraint is not None:
+            logits = logits.masked_fill(constraint(out[:, :t], logits).to(device), float("-inf"))
         nxt = _next_token(logits, history, sampling, gen).cpu()
+        logp = logits.float().log_softmax(-1).gather(1, nxt.to(device)[:, None]).squeeze(1).cpu()
+        for row in (~done).nonzero().flatten().tolist():
+            finish = "stop" if nxt[row] == EOS_ID else "length" if t == steps - 1 else None
+            yield Token(row, int(nxt[row]), float(logp[row]), finish)
         nxt = nxt.masked_fill(done, PAD_ID)
         out[:, t] = nxt
         done |= nxt == EOS_ID
-        if bool(done.all()):
+        if bool(done.all()) or t == steps - 1:
             break
-        new_x = model.decoder.tok(nxt.to(device))[:, None]
-        x = torch.cat([x, new_x], dim=1)
-        valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
         history = torch.cat([history, nxt[:, None].to(device)], dim=1)
-    rows = [row.tolist() for row in out[:, : t + 1]]
-    return [row[: row.index(EOS_ID)] if EOS_ID in row else row for row in rows]
+        if use_cache:
+            logits, state = model.step(nxt.to(device), state)
+        else:  # the whole sequence again, for checking the cache
+            ids = torch.cat([ids, nxt[:, None].to(device)], dim=1)
+            valid = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+            logits, state = model.prefill(ids, valid, features=features)
+
+
+def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
+             sampling: Sampling = Sampling(), use_cache: bool = True, constraint: Constraint | None = None,
+             features: list[torch.Tensor] | None = None) -> list[list[int]]:
+    """`stream` collected: each row's new ids, without the closing <|eos|>."""
+    rows: list[list[int]] = [[] for _ in prompts]
+    for tok in stream(model, prompts, images, sampling, use_cache, constraint, features):
+        if tok.id != EOS_ID:
+            rows[tok.row].append(tok.id)
+    return rows

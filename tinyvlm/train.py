@@ -171,7 +171,7 @@ class Stream:
 
 def training_texts(source: RecordSource) -> Iterator[str]:
     """Every text the model will read or write, for training the tokenizer."""
-    for r in source:  # answers are tokenised with a leading space (Tokenizer.encode_answer)
+    for r in source:  # answers are tokenised with a leading space (Tokenizer.encode_text)
         yield r.prompt + " " + r.text
         yield from r.references or []
         for key in ("short", "long"):

@@ -1,6 +1,6 @@
 """From records to training batches: pick what each record teaches this epoch (a description, a
-story or a question), then tokenise, preprocess images and pad — the one collate function every
-source shares."""
+story, a question or a whole conversation), then tokenise through the chat template, preprocess
+images and pad — the one collate function every source shares."""
 from __future__ import annotations
 
 import random
@@ -13,10 +13,9 @@ from PIL import Image
 
 from ..config import VLMConfig
 from ..errors import TinyVLMError
-from ..model import IGNORE
-from ..tokenizer import PAD_ID, Tokenizer
+from ..tokenizer import IGNORE, IMAGE_SLOT, PAD_ID, Tokenizer
 from .images import augment, fit_square, load_image, to_tensor
-from .records import Record, image_slots
+from .records import Record, Turn, image_slots
 
 # The prompts a user's `describe` and `ask` send; training uses the same ones.
 PROMPTS = {"short": "Describe the picture.", "long": "Tell a little story about the picture."}
@@ -26,9 +25,15 @@ TASKS = ("short", "long", "qa")
 
 @dataclass
 class Example:
+    """What the model reads and writes: `history` (earlier (role, text) turns, if any), then the
+    user's `prompt` and the assistant's `target`. The turns hold one <image> slot per image."""
     images: list[str]
-    prompt: str  # with one <image> slot per image
+    prompt: str
     target: str
+    history: tuple[Turn, ...] = ()
+
+    def turns(self) -> list[Turn]:
+        return [*self.history, ("user", self.prompt), ("assistant", self.target)]
 
 
 def describe_prompt(style: str = "short", n_images: int = 1) -> str:
@@ -53,6 +58,14 @@ def record_to_example(record: Record, rng: random.Random, tasks: tuple[str, ...]
             q = rng.choice(x["questions"])
             return Example(record.images, ask_prompt(q["question"], len(record.images)), str(q["answer"]))
         return Example(record.images, describe_prompt(task, len(record.images)), rng.choice(x[task]))
+    if record.turns:
+        *history, (_, prompt), (_, target) = record.turns
+        have = sum(text.count(IMAGE_SLOT) for _, text in record.turns)
+        if history:  # pictures without a slot go first, in the first user turn
+            history[0] = ("user", image_slots(history[0][1], len(record.images), have))
+        else:
+            prompt = image_slots(prompt, len(record.images), have)
+        return Example(record.images, prompt, target, tuple(history))
     text = rng.choice(record.references) if record.references and not record.prompt else record.text
     prompt = record.prompt or " " + PROMPTS["short"]
     return Example(record.images, image_slots(prompt, len(record.images)), text)
@@ -77,22 +90,27 @@ class ImageCache:
 
 
 class Collator:
-    """Examples -> {"input_ids", "labels", "images"}; sequences right-padded, labels shifted."""
+    """Examples -> {"input_ids", "labels", "images"}; sequences right-padded, labels shifted, the
+    loss on assistant turns only. `truncate`: cut a conversation longer than the context (training
+    keeps what fits) instead of refusing it (scoring must not score a cut text as if whole)."""
 
-    def __init__(self, tokenizer: Tokenizer, cfg: VLMConfig, fit: str = "pad"):
-        self.tok, self.cfg = tokenizer, cfg
+    def __init__(self, tokenizer: Tokenizer, cfg: VLMConfig, fit: str = "pad", truncate: bool = True):
+        self.tok, self.cfg, self.truncate = tokenizer, cfg, truncate
         self.images = ImageCache(cfg.vit_image_size, fit)
 
     def __call__(self, examples: list[Example], rng: random.Random | None = None) -> dict[str, torch.Tensor]:
         seqs, labels, pixels = [], [], []
         for ex in examples:
-            ids, n_prompt = self.tok.encode_example(ex.prompt, self.cfg.image_tokens, ex.target)
-            if n_prompt >= self.cfg.lm_max_len:
-                raise TinyVLMError(f"prompt of {n_prompt} tokens leaves no room for text in lm_max_len "
-                                   f"{self.cfg.lm_max_len}: {ex.prompt[:60]!r}")
-            ids = ids[: self.cfg.lm_max_len + 1]  # over-long targets are cut, not dropped
+            enc = self.tok.encode_conversation(ex.turns(), [self.cfg.image_tokens] * len(ex.images))
+            ids, learn = enc.ids, enc.learn
+            if len(ids) - 1 > self.cfg.lm_max_len:
+                first = learn.index(True)
+                if not self.truncate or first >= self.cfg.lm_max_len:
+                    raise TinyVLMError(f"a conversation of {len(ids) - 1} tokens does not fit the model's context "
+                                       f"of {self.cfg.lm_max_len} tokens (lm_max_len): {ex.prompt[:60]!r}")
+                ids, learn = ids[: self.cfg.lm_max_len + 1], learn[: self.cfg.lm_max_len + 1]
             seqs.append(ids[:-1])
-            labels.append([IGNORE] * (n_prompt - 1) + ids[n_prompt:])
+            labels.append([t if keep else IGNORE for t, keep in zip(ids[1:], learn[1:])])
             for p in ex.images:
                 img = self.images.get(p)
                 pixels.append(to_tensor(augment(img, rng) if rng is not None else img))

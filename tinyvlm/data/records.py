@@ -1,15 +1,18 @@
 """The one record shape every data source becomes, and its JSONL form.
 
 A record is one or more images, the text the model should write about them, an optional prompt
-(with `<image>` slots marking where each image goes), and optional ground truth:
+(with `<image>` slots marking where each image goes) or a whole conversation of turns (with
+`<image>` anywhere in any user turn), and optional ground truth:
 `references` (human captions), `answer` (for a question), `scene` (a picture-book scene graph),
 plus source-specific extras such as `questions` and `negatives` kept in `extra`.
 
 JSONL form, one object per line:
     {"image": "a.png", "text": "A red ball on the grass."}
     {"images": ["a.png", "b.png"], "prompt": "<image> <image> Which has a dog?", "text": "the second"}
-    {"image": "a.png", "turns": [{"role": "user", "content": "<image> What colour?"},
-                                 {"role": "assistant", "content": "red"}]}
+    {"images": ["a.png", "b.png"], "turns": [{"role": "user", "content": "<image> What colour?"},
+                                             {"role": "assistant", "content": "red"},
+                                             {"role": "user", "content": "And here? <image>"},
+                                             {"role": "assistant", "content": "blue"}]}
 Image paths are relative to the JSONL file's folder unless absolute.
 """
 from __future__ import annotations
@@ -21,8 +24,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import TinyVLMError
+from ..tokenizer import IMAGE_SLOT, ROLES
 
-IMAGE_SLOT = "<image>"
+Turn = tuple[str, str]  # (role, text): "user" or "assistant"
 _KNOWN = {"image", "images", "text", "prompt", "turns", "references", "answer", "scene"}
 
 
@@ -35,10 +39,18 @@ class Record:
     answer: str | None = None
     scene: dict | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    turns: list[Turn] | None = None  # a conversation; `text` is then its last assistant turn
+
+    def conversation(self) -> list[Turn]:
+        """The record as turns: its own, or (prompt, text) as one exchange."""
+        return list(self.turns) if self.turns else [("user", self.prompt), ("assistant", self.text)]
 
     def to_json(self) -> dict:
         d: dict[str, Any] = {"image": self.images[0]} if len(self.images) == 1 else {"images": self.images}
-        d["text"] = self.text
+        if self.turns:
+            d["turns"] = [{"role": r, "content": c} for r, c in self.turns]
+        else:
+            d["text"] = self.text
         if self.prompt:
             d["prompt"] = self.prompt
         for k in ("references", "answer", "scene"):
@@ -55,9 +67,12 @@ class Record:
         images = d.get("images", [d["image"]] if "image" in d else None)
         if not images or not all(isinstance(p, str) and p for p in images):
             raise ValueError("a record needs 'image' (a path) or 'images' (a list of paths)")
-        prompt, text = d.get("prompt", ""), d.get("text")
+        prompt, text, turns = d.get("prompt", ""), d.get("text"), None
         if "turns" in d:
-            prompt, text = _flatten_turns(d["turns"])
+            turns = parse_turns(d["turns"])
+            text = turns[-1][1]
+        if not isinstance(prompt, str):
+            raise ValueError("'prompt' must be a string")
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a record needs a non-empty 'text'")
         if root is not None:
@@ -67,22 +82,31 @@ class Record:
             raise ValueError("'references' must be a list of strings")
         extra = {k: v for k, v in d.items() if k not in _KNOWN}
         return cls(images=list(images), text=text.strip(), prompt=prompt or "", references=refs,
-                   answer=d.get("answer"), scene=d.get("scene"), extra=extra)
+                   answer=d.get("answer"), scene=d.get("scene"), extra=extra, turns=turns)
 
 
-def _flatten_turns(turns: list) -> tuple[str, str]:
-    """A conversation becomes prompt (every turn but the last) and text (the last assistant turn)."""
+def parse_turns(turns: Any) -> list[Turn]:
+    """A JSON conversation -> (role, text) pairs; ValueError unless it alternates user and
+    assistant turns of text, from a user turn to an assistant turn."""
     if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) for t in turns):
         raise ValueError("'turns' must be a non-empty list of {role, content} objects")
-    if turns[-1].get("role") != "assistant":
+    out = []
+    for k, t in enumerate(turns):
+        role, content = t.get("role"), t.get("content")
+        if role != ROLES[k % 2]:
+            raise ValueError(f"turn {k + 1} is {role!r}: turns alternate 'user' and 'assistant', from the user")
+        if not isinstance(content, str):
+            raise ValueError(f"turn {k + 1}'s 'content' must be a string")
+        out.append((role, content))
+    if out[-1][0] != "assistant":
         raise ValueError("the last turn must be the assistant's")
-    prompt = "\n".join(str(t.get("content", "")) for t in turns[:-1])
-    return prompt, str(turns[-1].get("content", ""))
+    return out
 
 
-def image_slots(prompt: str, n_images: int) -> str:
-    """Return the prompt with exactly `n_images` slots: images without a slot go first."""
-    have = prompt.count(IMAGE_SLOT)
+def image_slots(prompt: str, n_images: int, have: int | None = None) -> str:
+    """Return the prompt with slots for all `n_images`: images without a slot (of the `have` the
+    whole conversation holds, default: this prompt's) go first."""
+    have = prompt.count(IMAGE_SLOT) if have is None else have
     if have > n_images:
         raise TinyVLMError(f"prompt has {have} {IMAGE_SLOT} slots but only {n_images} image(s) were given")
     return IMAGE_SLOT * (n_images - have) + prompt

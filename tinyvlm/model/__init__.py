@@ -1,4 +1,5 @@
 """The model, one file per component: vision.py -> connector.py -> decoder.py, joined in vlm.py."""
-from .vlm import IGNORE, VisionLanguageModel
+from ..tokenizer import IGNORE
+from .vlm import DecodeState, Trace, VisionLanguageModel
 
-__all__ = ["VisionLanguageModel", "IGNORE"]
+__all__ = ["VisionLanguageModel", "DecodeState", "Trace", "IGNORE"]

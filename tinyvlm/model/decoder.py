@@ -1,18 +1,18 @@
-"""Small causal language decoder with learned positions and an explicit KV cache."""
+"""Small causal language decoder with rotary positions (RoPE) and an explicit KV cache."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 from ..config import VLMConfig
-from .transformer import KV, Block
+from .transformer import KV, Block, rope_angles
 
 
 class Decoder(nn.Module):
     def __init__(self, cfg: VLMConfig):
         super().__init__()
+        self.cfg = cfg
         self.tok = nn.Embedding(cfg.lm_vocab_size, cfg.lm_width)
-        self.pos = nn.Embedding(cfg.lm_max_len, cfg.lm_width)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg.lm_width, cfg.lm_heads, cfg.lm_mlp_ratio, cfg.dropout)
                                     for _ in range(cfg.lm_depth))
@@ -22,14 +22,21 @@ class Decoder(nn.Module):
             self.head.weight = self.tok.weight
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
-        """x: (B, T, C) input embeddings; positions: (B, T); mask: (B, 1, T, T_past + T) bool, True =
-        may attend (None = plain causal, no cache). Returns final hidden states (B, T, C) and the
-        new cache; the caller applies `head` only where it needs logits (training skips image
-        and prompt positions, generation needs only the last)."""
-        x = self.drop(x + self.pos(positions))
-        new_cache = []
+                cache: list[KV] | None = None, trace: bool = False):
+        """x: (B, T, C) input embeddings; positions: (B, T) each token's place among its row's real
+        tokens; mask: (B, 1, T, T_past + T) bool, True = may attend (None = plain causal, no cache).
+        Returns the final hidden states (B, T, C) and the new cache; the caller applies `head`
+        only where it needs logits (training skips picture and prompt positions, generation needs
+        only the last). With `trace`, also the hidden states entering each block and after the
+        final norm (depth + 1 of (B, T, C)) and each block's attention weights (B, heads, T, T_k)."""
+        rope = rope_angles(positions, self.cfg.lm_width // self.cfg.lm_heads, self.cfg.lm_rope_base)
+        x = self.drop(x)
+        new_cache, states, attentions = [], [], []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, mask, is_causal=mask is None, past=cache[i] if cache else None)
+            states.append(x)
+            x, kv, weights = block(x, mask, is_causal=mask is None, past=cache[i] if cache else None, rope=rope,
+                                   need_weights=trace)
             new_cache.append(kv)
-        return self.ln(x), new_cache
+            attentions.append(weights)
+        x = self.ln(x)
+        return (x, new_cache, states + [x], attentions) if trace else (x, new_cache)

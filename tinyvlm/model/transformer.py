@@ -1,5 +1,6 @@
 """The pre-LayerNorm transformer block shared by the vision encoder (bidirectional) and the
-decoder (causal, with a KV cache). One implementation, so both halves of the model read the same."""
+decoder (causal, rotary positions, a KV cache). One implementation, so both halves of the model
+read the same."""
 from __future__ import annotations
 
 import math
@@ -9,24 +10,46 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (B, heads, T_past, head_size) each
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: (B, 1, T, head_size) each
+
+
+def rope_angles(positions: torch.Tensor, head_size: int, base: float) -> Rope:
+    """Rotary position embedding (RoPE; Su et al. 2021, "RoFormer"): cos and sin of each position's
+    angle for each pair of channels, (B, T) positions -> two (B, 1, T, head_size) tensors. Why
+    rotary: it has no weights, so the context (`lm_max_len`) can grow to many pictures without a
+    learned table to fill, and attention sees relative offsets, which is what a left-padded batch
+    and a KV cache need."""
+    inv = 1.0 / base ** (torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size)
+    angles = positions.float()[..., None] * inv  # (B, T, head_size / 2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate (B, heads, T, head_size) queries or keys by their positions' angles."""
+    cos, sin = rope
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-           dropout: float) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over (B, heads, T, head_size); mask: True = may attend.
+           dropout: float, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, T, head_size); mask: True = may attend. Returns
+    the output and, with `need_weights`, the attention weights (B, heads, T, T_k).
     Why not always F.scaled_dot_product_attention: in bfloat16 on a CPU its fused kernel is 3-7x
     slower, forward and backward, than these three plain ops at our sizes (a few dozen to a few
     hundred tokens, heads of 12-50), and it took about half of a VLM training step
     (benchmarks/attention.py). Everywhere else the fused kernel is as fast or faster."""
-    if not (q.dtype == torch.bfloat16 and q.device.type == "cpu"):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
+    if not need_weights and not (q.dtype == torch.bfloat16 and q.device.type == "cpu"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout), None
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, heads, T, T_k)
     if is_causal:
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))
-    att = F.dropout(att.softmax(-1), dropout, training=dropout > 0)
-    return att @ v
+    att = att.softmax(-1)
+    return F.dropout(att, dropout, training=dropout > 0) @ v, att if need_weights else None
 
 
 class Attention(nn.Module):
@@ -39,15 +62,19 @@ class Attention(nn.Module):
         self.resid_drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                past: KV | None = None) -> tuple[torch.Tensor, KV]:
+                past: KV | None = None, rope: Rope | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:  # rotate this step's queries and keys by their own positions
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         if past is not None:  # append this step's keys/values to the cache
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = attend(q, k, v, mask, is_causal and mask is None, self.dropout if self.training else 0.0)
+        y, weights = attend(q, k, v, mask, is_causal and mask is None, self.dropout if self.training else 0.0,
+                            need_weights)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_drop(self.proj(y)), (k, v)
+        return self.resid_drop(self.proj(y)), (k, v), weights
 
 
 class MLP(nn.Module):
@@ -71,7 +98,8 @@ class Block(nn.Module):
         self.mlp = MLP(width, mlp_ratio, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False,
-                past: KV | None = None) -> tuple[torch.Tensor, KV]:
-        a, kv = self.attn(self.ln1(x), mask, is_causal, past)
+                past: KV | None = None, rope: Rope | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
+        a, kv, weights = self.attn(self.ln1(x), mask, is_causal, past, rope, need_weights)
         x = x + a
-        return x + self.mlp(self.ln2(x)), kv
+        return x + self.mlp(self.ln2(x)), kv, weights

@@ -44,11 +44,18 @@ class VisionEncoder(nn.Module):
                                     for _ in range(cfg.vit_depth))
         self.ln = nn.LayerNorm(cfg.vit_width)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, 1 + patches, vit_width); token 0 is [CLS], the rest row-major patches."""
+    def forward(self, images: torch.Tensor, trace: bool = False):
+        """(N, 3, H, W) -> (N, 1 + patches, vit_width); token 0 is [CLS], the rest row-major patches.
+        With `trace`, also the hidden states entering each block and after the final norm
+        (depth + 1 tensors of that shape) and each block's attention weights
+        (N, heads, 1 + patches, 1 + patches): what attribution methods read."""
         x = self.patch(images).flatten(2).transpose(1, 2)  # (N, P, C)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
         x = self.drop(x)
+        states, attentions = [], []
         for block in self.blocks:
-            x, _ = block(x)
-        return self.ln(x)
+            states.append(x)
+            x, _, weights = block(x, need_weights=trace)
+            attentions.append(weights)
+        x = self.ln(x)
+        return (x, states + [x], attentions) if trace else x

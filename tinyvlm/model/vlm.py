@@ -1,12 +1,20 @@
 """The vision-language model: encoder -> connector -> decoder, with image tokens written into the
 decoder's sequence at image slots.
 
-The token sequence carries `image_tokens` copies of the IMAGE id for each image (see
-`tokenizer.expand_image_slots`); `embed` overwrites those positions with the connector's output,
-in order: images are consumed row by row, left to right. So one model serves captioning, question
-answering and interleaved few-shot prompts with several images.
+The token sequence carries one IMAGE id per image token of each picture, between the picture's
+begin and end markers (tokenizer.py's chat template). `embed` overwrites those positions with the
+connector's output, in order: pictures are consumed row by row, left to right, and each may give
+its own number of tokens. So one model serves captioning, question answering, conversations and
+interleaved few-shot prompts.
+
+Three ways in:
+- `forward`: teacher-forced training and scoring over right-padded rows;
+- `prefill` then `step`: decoding with a KV cache over left-padded rows (generate.py);
+- `trace`: one pass that also returns every layer's hidden states and attention weights.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -14,12 +22,44 @@ import torch.nn.functional as F
 
 from ..config import VLMConfig
 from ..errors import TinyVLMError
-from ..tokenizer import IMAGE_ID
+from ..tokenizer import IGNORE, IMAGE_ID
 from .connector import Connector
 from .decoder import Decoder
+from .transformer import KV
 from .vision import VisionEncoder
 
-IGNORE = -100  # label for positions that carry no loss (image, prompt, padding)
+
+@dataclass
+class DecodeState:
+    """What `step` needs to go on: every layer's keys and values, and which of the columns they
+    cover are real tokens (False for left padding)."""
+    cache: list[KV]
+    valid: torch.Tensor  # (B, T_past) bool
+
+
+@dataclass
+class Trace:
+    """A traced pass (`VisionLanguageModel.trace`): logits (B, T, V); the decoder's hidden states
+    entering each layer and after the final norm (lm_depth + 1 of (B, T, lm_width)); its attention
+    weights per layer (B, heads, T, T); the same for the encoder over each picture (vit_depth + 1
+    of (N, 1 + patches, vit_width); (N, heads, 1 + patches, 1 + patches)); and where the image
+    tokens sit in the sequence (B, T) bool."""
+    logits: torch.Tensor
+    hidden_states: list[torch.Tensor]
+    attentions: list[torch.Tensor]
+    vision_hidden_states: list[torch.Tensor]
+    vision_attentions: list[torch.Tensor]
+    image_positions: torch.Tensor
+
+
+def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
+    """valid (B, T_k) -> (B, 1, q_len, T_k): causal over the last q_len keys, padding masked out.
+    Each position may always see itself, so rows of pure padding never go NaN."""
+    B, Tk = valid.shape
+    causal = torch.ones(q_len, Tk, dtype=torch.bool, device=valid.device).tril(Tk - q_len)
+    self_ = torch.zeros_like(causal)
+    self_[:, Tk - q_len:] = torch.eye(q_len, dtype=torch.bool, device=valid.device)
+    return ((causal & valid[:, None, :]) | self_)[:, None]
 
 
 class VisionLanguageModel(nn.Module):
@@ -38,19 +78,34 @@ class VisionLanguageModel(nn.Module):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
 
-    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
-        """(B, T) ids + (N, 3, H, W) images -> (B, T, lm_width) with image features at image slots."""
+    def image_token_counts(self, n_images: int) -> list[int]:
+        """How many decoder tokens each of n pictures gives (today `cfg.image_tokens` each; token
+        reduction makes them differ), for the chat template to leave room."""
+        return [self.cfg.image_tokens] * n_images
+
+    def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 3, H, W) -> one (n_i, lm_width) tensor of decoder-width image tokens per picture."""
+        return list(self.connector(self.vision(images)))
+
+    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
+              features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, T) ids + the pictures in order of appearance, as (N, 3, H, W) pixels or as already
+        computed `features` -> (B, T, lm_width), with image features at the image slots."""
         x = self.decoder.tok(input_ids)
         slots = input_ids == IMAGE_ID
-        n_slots = int(slots.sum())
-        n_images = 0 if images is None else images.shape[0]
-        if n_slots != n_images * self.cfg.image_tokens:
-            raise TinyVLMError(f"sequence has {n_slots} image-token slots but {n_images} image(s) "
-                               f"x {self.cfg.image_tokens} tokens were given")
-        if n_images:
-            img = self.connector(self.vision(images)).to(x.dtype)  # (N, image_tokens, C)
-            x = x.masked_scatter(slots.unsqueeze(-1), img.reshape(-1, x.shape[-1]))
+        if features is None:
+            features = self.image_features(images) if images is not None and len(images) else []
+        n_slots, n_tokens = int(slots.sum()), sum(f.shape[0] for f in features)
+        if n_slots != n_tokens:
+            raise TinyVLMError(f"the sequences have {n_slots} image-token slots but the {len(features)} picture(s) "
+                               f"give {n_tokens} image tokens")
+        if features:
+            x = x.masked_scatter(slots.unsqueeze(-1), torch.cat(features).to(x.dtype))
         return x
+
+    def _check_length(self, T: int):
+        if T > self.cfg.lm_max_len:
+            raise TinyVLMError(f"sequence of {T} tokens exceeds the model's context, lm_max_len {self.cfg.lm_max_len}")
 
     def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -59,8 +114,7 @@ class VisionLanguageModel(nn.Module):
         positions, loss: the mean over examples of each example's mean token loss); without,
         (logits for every position, None)."""
         B, T = input_ids.shape
-        if T > self.cfg.lm_max_len:
-            raise TinyVLMError(f"sequence of {T} tokens exceeds lm_max_len {self.cfg.lm_max_len}")
+        self._check_length(T)
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
         h, _ = self.decoder(self.embed(input_ids, images), positions)
         if labels is None:
@@ -73,6 +127,42 @@ class VisionLanguageModel(nn.Module):
         per_token = F.cross_entropy(logits.float(), labels[keep], reduction="none")
         n = keep.sum(1, keepdim=True).clamp(min=1).expand_as(keep)[keep]
         return logits, (per_token / n).sum() / keep.any(1).sum().clamp(min=1)
+
+    def prefill(self, input_ids: torch.Tensor, valid: torch.Tensor, images: torch.Tensor | None = None,
+                features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, DecodeState]:
+        """Read left-padded prompts (B, T) whose real tokens `valid` (B, T) marks: -> the next-token
+        logits (B, V) and the state `step` continues from. Position ids count real tokens only, so
+        a row decodes the same alone or in a batch."""
+        self._check_length(input_ids.shape[1])
+        positions = (valid.cumsum(-1) - 1).clamp(min=0)
+        h, cache = self.decoder(self.embed(input_ids, images, features), positions,
+                                attention_mask(valid, input_ids.shape[1]))
+        return self.decoder.head(h[:, -1]), DecodeState(cache, valid)
+
+    def step(self, next_ids: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """Feed one new token per row (B,): -> the following logits (B, V) and the new state. Only the
+        new token is computed; earlier keys and values come from the cache."""
+        valid = torch.cat([state.valid, torch.ones_like(state.valid[:, :1])], dim=1)
+        self._check_length(valid.shape[1])
+        positions = state.valid.sum(-1, keepdim=True)  # the new token's place among its row's real tokens
+        h, cache = self.decoder(self.decoder.tok(next_ids)[:, None], positions, attention_mask(valid, 1), state.cache)
+        return self.decoder.head(h[:, -1]), DecodeState(cache, valid)
+
+    @torch.no_grad()
+    def trace(self, input_ids: torch.Tensor, images: torch.Tensor | None = None) -> Trace:
+        """One causal pass over unpadded sequences (B, T) that keeps what attribution and probing
+        read: every layer's hidden states and attention weights, the encoder's too (see Trace)."""
+        B, T = input_ids.shape
+        self._check_length(T)
+        if images is not None and len(images):
+            feats, v_states, v_att = self.vision(images, trace=True)
+            features = list(self.connector(feats))
+        else:
+            features, v_states, v_att = [], [], []
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        h, _, states, att = self.decoder(self.embed(input_ids, features=features), positions,
+                                         attention_mask(torch.ones_like(input_ids, dtype=torch.bool), T), trace=True)
+        return Trace(self.decoder.head(h), states, att, v_states, v_att, input_ids == IMAGE_ID)
 
     def num_params(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())
