@@ -26,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.records import Record
-from .data.world.describe import REL_WORDS
-from .data.world.scene import RELATIONS, Scene, Thing, relation_holds
+from .world.describe import REL_WORDS
+from .world.scene import RELATIONS, Scene, Thing, relation_holds
 from .errors import TinyVLMError
 
 # Words that say nothing about what a picture shows.

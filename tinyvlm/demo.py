@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .api import TinyVLM
 from .data.dataset import open_records
-from .data.world import parse_claims, verify, write_world
+from .world import parse_claims, verify, write_world
 from .eval.report import markdown_table, score_rows
 from .eval.run import EvalConfig, evaluate
 from .checkpoint import RUN_CHECKPOINT

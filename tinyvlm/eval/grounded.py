@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..data.world.checker import NOUNS, REGIONS, SCENE_WORDS, Claim, grammatical, parse_claims, split_sentences, verify
-from ..data.world.describe import words
-from ..data.world.scene import Scene
+from ..world.checker import NOUNS, REGIONS, SCENE_WORDS, Claim, grammatical, parse_claims, split_sentences, verify
+from ..world.describe import words
+from ..world.scene import Scene
 from ..errors import TinyVLMError
 from .memorisation import memorisation
 
