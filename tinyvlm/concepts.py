@@ -29,6 +29,7 @@ from .data.records import Record
 from .world.describe import REL_WORDS
 from .world.scene import RELATIONS, Scene, Thing, relation_holds
 from .errors import TinyVLMError
+from .text import words as split_words
 
 # Words that say nothing about what a picture shows.
 STOPWORDS = frozenset("""a an the and or but so of in on at to by for from with into onto over under
@@ -68,7 +69,7 @@ def setting_concepts(scene: dict) -> list[str]:
 
 def caption_words(record: Record) -> set[str]:
     texts = [record.text, *(record.references or [])]
-    return {w for t in texts if t for w in re.findall(r"[a-z]+", t.lower()) if len(w) > 2 and w not in STOPWORDS}
+    return {w for t in texts if t for w in split_words(t) if len(w) > 2 and w not in STOPWORDS}
 
 
 def usable(record: Record) -> bool:
@@ -239,7 +240,7 @@ class Grounding:
 
     def _read(self, sentence: str) -> tuple[list[str], list[int], str | None]:
         """A sentence's words ("two" as "2"), where it names things, and its subject."""
-        words = [NUMBER_WORDS.get(w, w) for w in re.findall(r"[a-z0-9]+", sentence.lower())]
+        words = [NUMBER_WORDS.get(w, w) for w in split_words(sentence, digits=True)]
         named = [i for i, w in enumerate(words) if w in self.forms]
         for i in reversed(named):
             before = tuple(w for w in words[:i] if w not in ARTICLES)

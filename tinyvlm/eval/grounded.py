@@ -19,8 +19,7 @@ from ..world.describe import words
 from ..world.scene import Scene
 from ..errors import TinyVLMError
 from .memorisation import memorisation
-
-RUBRIC = ("grammar", "consistency", "creativity", "meaningfulness", "plot")
+from .rubric import RUBRIC
 POINTERS = {"it", "they", "them", "its", "their", "this", "here", "too", "again"}  # words that point back
 CONNECTIVES = {"then", "and", "so", "now", "soon", "later", "after", "next", "when"}  # and "one day"
 EXCLUSIVE = ("time", "weather")  # scene facts with one value per picture (place has many true words)

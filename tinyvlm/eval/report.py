@@ -8,8 +8,7 @@ import textwrap
 from pathlib import Path
 
 from ..plots import plt
-
-RUBRIC = ("grammar", "consistency", "creativity", "meaningfulness", "plot")
+from .rubric import RUBRIC
 RAW = ("claim_precision", "claim_recall", "hallucination_per_thing", "hallucination_per_description",
        "attribute_accuracy", "count_accuracy", "relation_accuracy", "repetition_rate", "novelty")
 CAPTIONS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from ..data.images import fit_square, load_image
 from ..data.records import Record
 from ..errors import TinyVLMError
 from ..generate import Sampling
+from ..text import words
 
 PREFIX_WORDS = {"short": 6, "long": 18}  # the paper gives the first 6-7 (ShortDesc) or 18-20 (LongDesc) words
 JUDGES = ("grounded", "llm", "captions")
@@ -79,8 +79,7 @@ def _train_source(cfg: EvalConfig):
 
 def normalise_answer(text: str) -> str:
     """Lowercase, drop punctuation and articles: 'The ball.' == 'ball'."""
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return " ".join(w for w in words if w not in ("a", "an", "the"))
+    return " ".join(w for w in words(text, digits=True) if w not in ("a", "an", "the"))
 
 
 class NearestNeighbour:
