@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyvlm.concepts import covered_cells
+from tinyvlm.world.concepts import covered_cells
 from tinyvlm.config import get_preset
 from tinyvlm.data.images import preprocess
 from tinyvlm.world import COLOURS, KINDS, render, sample_scene

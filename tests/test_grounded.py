@@ -7,7 +7,8 @@ import re
 import pytest
 
 from tinyvlm.world import COLOURS, make_scene_record, parse_claims, verify
-from tinyvlm.eval.grounded import RUBRIC, judge_grounded, score_description
+from tinyvlm.eval.rubric import RUBRIC
+from tinyvlm.world.judge import judge_grounded, score_description
 
 RECORDS = [make_scene_record(i) for i in range(50)]
 
