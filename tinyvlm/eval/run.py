@@ -5,8 +5,8 @@
   compositional probe (true description vs each hard negative, by likelihood).
 - Captioned photos (records with `references`): BLEU/METEOR/ROUGE-L/CIDEr.
 - Any images, with `judge="llm"`: the paper's rubric through an OpenAI-compatible endpoint.
-- Judges are found by name: the core's (llm, captions), then each plug-in's (tinyvlm.plugins),
-  which judge only the records their plug-in labels.
+- Judges are found by name, each plug-in's (tinyvlm.plugins) beside the core's (llm, captions).
+  A plug-in's judge reads only the records its plug-in labels.
 - Always: the memorisation check against the training text, and two baselines in the same table
   (blind: every image replaced by a blank one; nearest neighbour: the training text of the most
   similar training image), so each number has something to be compared with.
