@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from train_speed import table  # benchmarks/ is the script's directory
 
-from tinyvlm.data.world.writer import write_world
+from tinyvlm.world.writer import write_world
 from tinyvlm.model import transformer
 from tinyvlm.train import CONCEPT_STAGE, TrainConfig, train
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 from tinyvlm.api import TinyVLM
 from tinyvlm.data.batches import Collator, Example, ask_prompt
 from tinyvlm.data.dataset import open_records
-from tinyvlm.data.world.describe import Mention
+from tinyvlm.world.describe import Mention
 from tinyvlm.errors import TinyVLMError
 
 

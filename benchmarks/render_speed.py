@@ -5,7 +5,7 @@ import random
 import tempfile
 import time
 
-from tinyvlm.data.world import render, sample_scene, write_world
+from tinyvlm.world import render, sample_scene, write_world
 
 N = 1000
 

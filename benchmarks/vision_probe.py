@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinyvlm.concepts import covered_cells
+from tinyvlm.world.concepts import covered_cells
 from tinyvlm.config import get_preset
 from tinyvlm.data.images import preprocess
-from tinyvlm.data.world import COLOURS, KINDS, render, sample_scene
+from tinyvlm.world import COLOURS, KINDS, render, sample_scene
 from tinyvlm.errors import TinyVLMError
 from tinyvlm.model.vision import VisionEncoder
 

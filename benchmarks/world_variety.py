@@ -1,14 +1,14 @@
 """How varied the picture-book world's words are, over 1,000 scenes."""
 from pathlib import Path
 
-from tinyvlm.data.world import make_scene_record, split_sentences, words
-from tinyvlm.data.world.describe import abstract
+from tinyvlm.world import make_scene_record, split_sentences, words
+from tinyvlm.world.describe import abstract
 
 N = 1000
 
 
 def main():
-    vocab = set((Path(__file__).parents[1] / "tinyvlm/data/world/vocab.txt").read_text().split())
+    vocab = set((Path(__file__).parents[1] / "tinyvlm/world/vocab.txt").read_text().split())
     records = [make_scene_record(i) for i in range(N)]
     rows = []
     for name in ("short", "long"):

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from conftest import COLOURS, interrupt_training, make_shapes_dataset
-from tinyvlm.concepts import build_vocab, covered_cells, targets
+from tinyvlm.concepts import build_vocab, targets
 from tinyvlm.data.images import preprocess
 from tinyvlm.data.records import Record
 from tinyvlm.errors import TinyVLMError
+from tinyvlm.world.concepts import covered_cells
 from tinyvlm.train import ConceptStage, Trainer, TrainConfig, train
 
 SCENE = {"place": "park", "time": "day", "weather": "sunny", "things": [
@@ -173,7 +174,7 @@ def test_grounding_bans_by_context_what_the_head_does_not_see_there():
     when no patch holds it, and after a concept's leading words when no patch holds the whole
     concept (a relation at a patch of the sentence's subject), unless nothing would be left to
     name; a relation or count word is banned before it is written when nothing could complete it."""
-    from tinyvlm.concepts import Grounding
+    from tinyvlm.world.grounding import WorldGrounding
     from tinyvlm.tokenizer import Tokenizer
     tok = Tokenizer.train(["I see a red duck to the left of two cats and a ball. I see ducks. It is sunny, not rainy."] * 20, 400)
     concepts = ["ball", "cat", "duck", "2 cat", "2 duck", "red cat", "red duck", "left of cat", "left of duck",
@@ -181,7 +182,7 @@ def test_grounding_bans_by_context_what_the_head_does_not_see_there():
     probs = torch.zeros(2, len(concepts))
     probs[0, [2, 6, 7, 10]] = 0.9     # patch 0: a red duck, left of the cats, in the rain
     probs[1, [1, 3, 9, 10]] = 0.9     # patch 1: two cats, in the rain
-    g = Grounding([probs], concepts, tok, threshold=0.5, vocab_size=tok.vocab_size)
+    g = WorldGrounding([probs], concepts, tok, threshold=0.5, vocab_size=tok.vocab_size)
     word = {w: tok.encode(f" {w}")[0] for w in ("ball", "cat", "duck", "ducks", "to", "left", "two", "sunny", "rainy")}
     assert all(len(tok.encode(f" {w}")) == 1 for w in word)
 
@@ -212,7 +213,7 @@ def test_grounding_checks_what_is_said_of_the_subject_a_question_asks_about_or_a
     combination the training scenes never held ("red cat") counts as absent, a thing is never
     where it is itself, and once a thing must be named, no word may leave none to name. If the
     head backs no value of an attribute, that attribute is left to the model."""
-    from tinyvlm.concepts import Grounding
+    from tinyvlm.world.grounding import WorldGrounding
     from tinyvlm.tokenizer import Tokenizer
     tok = Tokenizer.train(["What colour is the duck? red. How many cats are there? two, one. "
                            "The duck is red and the cats are blue. I see a blue cat next to a duck."] * 20, 400)
@@ -229,7 +230,7 @@ def test_grounding_checks_what_is_said_of_the_subject_a_question_asks_about_or_a
     assert all(len(tok.encode(f" {w}")) == 1 for w in word)
 
     def banned_after(text, context="", p=probs):
-        g = Grounding([p], concepts, tok, threshold=0.5, vocab_size=tok.vocab_size, context=[context])
+        g = WorldGrounding([p], concepts, tok, threshold=0.5, vocab_size=tok.vocab_size, context=[context])
         row = g(torch.tensor([tok.encode_text(text)]), torch.zeros(1, tok.vocab_size))[0]
         return {w for w, i in word.items() if row[i]}
 

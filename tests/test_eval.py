@@ -7,7 +7,7 @@ import pytest
 from conftest import make_shapes_dataset
 from test_llm import GOOD, FakeChatServer
 from tinyvlm.cli import main
-from tinyvlm.data.world import write_world
+from tinyvlm.world import write_world
 from tinyvlm.errors import TinyVLMError
 from tinyvlm.eval.run import EvalConfig, evaluate, normalise_answer
 from tinyvlm.train import TrainConfig, train

@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from tinyvlm.data.world import COLOURS, make_scene_record, parse_claims, verify
-from tinyvlm.eval.grounded import RUBRIC, judge_grounded, score_description
+from tinyvlm.world import COLOURS, make_scene_record, parse_claims, verify
+from tinyvlm.eval.rubric import RUBRIC
+from tinyvlm.world.judge import judge_grounded, score_description
 
 RECORDS = [make_scene_record(i) for i in range(50)]
 
@@ -56,7 +57,7 @@ def test_hard_negatives_make_exactly_one_claim_false():
 
 def test_gibberish_and_loops_score_low():
     r = RECORDS[0]
-    vocab = open("tinyvlm/data/world/vocab.txt").read().split()
+    vocab = open("tinyvlm/world/vocab.txt").read().split()
     rng = random.Random(0)
     salad = ". ".join(" ".join(rng.choice(vocab) for _ in range(rng.randint(3, 9))) for _ in range(8)) + "."
     for text in ("ball ball the the red sky sky blue.", salad):

@@ -88,7 +88,7 @@ def test_each_step_teaches_one_task_so_batches_are_not_padding(tmp_path):
     nearly every batch holds a story and pads the rest to its length; one task a step keeps a
     batch's sequences alike, so all three tasks still take their turn with little padding."""
     from tinyvlm.data.batches import PROMPTS, record_to_example
-    from tinyvlm.data.world import write_world
+    from tinyvlm.world import write_world
     from tinyvlm.tokenizer import PAD_ID
     from tinyvlm.train import Stream, Trainer
     data = write_world(tmp_path / "w", 64, size=32, seed=0, progress=False, workers=1)

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from tinyvlm.data.world import (Claim, Scene, contact_sheet, grammatical, make_scene_record, parse_claims, render,
+from tinyvlm.world import (Claim, Scene, contact_sheet, grammatical, make_scene_record, parse_claims, render,
                                 sample_scene, split_sentences, verify, words, write_world)
 from tinyvlm.errors import TinyVLMError
 
-VOCAB = set((Path(__file__).parents[1] / "tinyvlm/data/world/vocab.txt").read_text().split())
+VOCAB = set((Path(__file__).parents[1] / "tinyvlm/world/vocab.txt").read_text().split())
 N_TEXT = N_CHECK = 10_000
 
 

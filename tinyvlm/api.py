@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import plugins
 from .checkpoint import CONCEPT_HEAD, CONFIG, TOKENIZER, WEIGHTS, atomic_dir, cpu_state, read_json, resolve
 from .concepts import ConceptHead, Grounding
 from .config import VLMConfig
@@ -55,13 +56,16 @@ def pick_device(name: str = "auto") -> torch.device:
 class TinyVLM:
     """A model, its tokenizer and, when its encoder was trained on concepts and then frozen, the
     concept head that reads that encoder (`concepts` names the head's outputs): what lets
-    `Sampling(ground=p)` keep the model from naming what its encoder does not see."""
+    `Sampling(ground=p)` keep the model from naming what its encoder does not see.
+    `concept_plugin` names the plug-in that labelled the concepts (tinyvlm.plugins), whose
+    grounding then applies; None when no plug-in did (caption words), or to find it from them."""
 
     def __init__(self, model: VisionLanguageModel, tokenizer: Tokenizer, image_fit: str = "pad",
-                 concepts: list[str] | None = None, concept_head: ConceptHead | None = None):
+                 concepts: list[str] | None = None, concept_head: ConceptHead | None = None,
+                 concept_plugin: str | None = None):
         self.model, self.tokenizer, self.image_fit = model, tokenizer, image_fit
         self.cfg = model.cfg
-        self.concepts, self.concept_head = concepts, concept_head
+        self.concepts, self.concept_head, self.concept_plugin = concepts, concept_head, concept_plugin
 
     # --- files -------------------------------------------------------------------------------
     @classmethod
@@ -92,7 +96,9 @@ class TinyVLM:
             except (SafetensorError, OSError, RuntimeError) as e:
                 raise TinyVLMError(f"cannot read the concept head {d / CONCEPT_HEAD}: {e}") from None
             head.to(dev).eval()
-        return cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"), meta.get("concepts"), head)
+        # a model saved before plug-ins names none: its concepts say (scene concepts: the world's)
+        plugin = meta.get("concept_plugin") or (plugins.labeller(meta["concepts"]) if head is not None else None)
+        return cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"), meta.get("concepts"), head, plugin)
 
     def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
         with atomic_dir(path) as tmp:
@@ -105,6 +111,9 @@ class TinyVLM:
         meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": FORMAT}
         if self.concept_head is not None:
             meta["concepts"] = self.concepts
+            plugin = self.concept_plugin or plugins.labeller(self.concepts)
+            if plugin:
+                meta["concept_plugin"] = plugin
             save_file(cpu_state(self.concept_head), d / CONCEPT_HEAD)
         (d / CONFIG).write_text(json.dumps(meta, indent=2))
         state = cpu_state(self.model)
@@ -194,15 +203,18 @@ class TinyVLM:
     def grounding(self, pixels: torch.Tensor | None, per_row: list[int], threshold: float,
                   context: list[str] | None = None) -> Grounding:
         """What grounded decoding may not let each row write, from the concept head's reading of
-        the row's pictures and the text already in the row, its prompt and prefix
-        (concepts.Grounding, docs/evaluation.md#grounded-decoding)."""
+        the row's pictures and the text already in the row, its prompt and prefix: a decoding
+        constraint, built by the plug-in that labelled the concepts, or the core's
+        concepts.Grounding when none did (docs/evaluation.md#grounded-decoding)."""
         if self.concept_head is None:
             raise TinyVLMError("grounded decoding needs the model's concept head, which only a run trained with "
                                "--concept-pretrain and --freeze-encoder keeps; decode without --ground")
         probs = (self.concept_head.patch_probs(self.model.vision(pixels.to(self.device))).cpu()
                  if pixels is not None else torch.zeros(0, 0, len(self.concepts)))  # (N, P, concepts)
         rows = [r.flatten(0, 1) for r in probs.split(per_row)]  # each row's patches, over all its pictures
-        return Grounding(rows, self.concepts, self.tokenizer, threshold, self.cfg.lm_vocab_size, context)
+        name = self.concept_plugin or plugins.labeller(self.concepts)
+        make = plugins.get(name).grounding if name else Grounding
+        return make(rows, self.concepts, self.tokenizer, threshold, self.cfg.lm_vocab_size, context)
 
     def describe(self, images: ImageLike | Sequence[ImageLike], style: str = "short", prefix: str = "",
                  sampling: Sampling | None = None) -> str | list[str]:

@@ -84,7 +84,7 @@ def cmd_ask(a):
 
 
 def cmd_data_world(a):
-    from .data.world import write_world
+    from .world import write_world
     out = write_world(a.out, n=a.n, size=a.size, seed=a.seed, progress=not a.quiet, max_things=a.max_things)
     print(f"wrote {a.n} scenes to {out}")
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from .api import TinyVLM
 from .data.dataset import open_records
-from .data.world import parse_claims, verify, write_world
+from .world import parse_claims, verify, write_world
 from .eval.report import markdown_table, score_rows
+from .eval.rubric import RUBRIC
 from .eval.run import EvalConfig, evaluate
 from .checkpoint import RUN_CHECKPOINT
 from .train import CONCEPT_STAGE, STATE, TrainConfig, train
@@ -20,8 +21,8 @@ from .train import CONCEPT_STAGE, STATE, TrainConfig, train
 # few minutes more samples beat finer patches; dropout only slows a model this far from overfitting.
 # The encoder first learns each picture's concepts, then stays fixed while the decoder learns to
 # read it (docs/training.md, "Freezing the encoder afterwards").
-SUMMARY = ("run", "setting", "grammar", "consistency", "creativity", "meaningfulness", "plot",
-           "claim_precision", "hallucination_per_thing", "vqa", "probe")  # the full table is in the report
+SUMMARY = ("run", "setting", *RUBRIC, "claim_precision", "hallucination_per_thing", "vqa",
+           "probe")  # the full table is in the report
 DEMO_MODEL = dict(image_size=64, patch_size=16, stem="conv", concept_pretrain=0.3, freeze_encoder=True,
                   dropout=0.0, tasks=("short", "qa"), batch_size=32, eval_every=200, save_every=200)
 

@@ -1,13 +1,19 @@
-"""Plots written next to results (matplotlib, headless)."""
+"""Plots written next to results.
+
+Each plot is drawn on its own matplotlib.figure.Figure and saved straight to a file. There is no
+pyplot and no backend switch, so a user's backend and open figures stay as they were. matplotlib
+is imported only when a plot is drawn, so `import tinyvlm` stays light.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def figure(**kwargs):
+    """A new matplotlib Figure, not registered with pyplot (kwargs: figsize, dpi ...)."""
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
 
 
 def plot_loss(metrics_jsonl: str | Path, out_png: str | Path) -> Path | None:
@@ -17,7 +23,8 @@ def plot_loss(metrics_jsonl: str | Path, out_png: str | Path) -> Path | None:
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     if not train:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig = figure(figsize=(6, 3.5), dpi=120)
+    ax = fig.subplots()
     ax.plot(*zip(*train), label="train", lw=1)
     if val:
         ax.plot(*zip(*val), "o-", label="validation", ms=3)
@@ -26,5 +33,4 @@ def plot_loss(metrics_jsonl: str | Path, out_png: str | Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_png)
-    plt.close(fig)
     return Path(out_png)

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Literal
 
 from ..errors import TinyVLMError
 from ..llm import ChatClient, image_part
+from ..text import LENGTHS
+from ..text import words as split_words
 from .records import Record
 
-LENGTHS = {"short": (20, 25), "long": (60, 70)}  # words, as in the paper's ShortDesc / LongDesc
 VOCAB_PATH = Path(__file__).with_name("child_vocab.txt")
 MAX_CONSECUTIVE_ERRORS = 3  # endpoint errors in a row: the server is down, stop instead of dropping all
-_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
 SYSTEM = (
     "You write picture-book descriptions of photos for children aged 3 to 4. You get what adults "
@@ -39,7 +38,7 @@ def load_vocab(path: str | os.PathLike = VOCAB_PATH) -> set[str]:
 
 def words(text: str) -> list[str]:
     """Lowercase words ("t-shirt" and "dog's" stay whole); their count is the description's length."""
-    return _WORD.findall(text.lower())
+    return split_words(text, joiners="'-")
 
 
 def is_known(word: str, vocab: set[str]) -> bool:

@@ -12,20 +12,16 @@ from statistics import fmean
 from ..errors import TinyVLMError
 from ..llm import ChatClient, image_part, parse_json_object
 
-RUBRIC = ("grammar", "consistency", "creativity", "meaningfulness", "plot")
+from .rubric import MEANINGS, RUBRIC
 
 SYSTEM = (
     "You are a teacher grading short stories written by young students. Each student looked at a "
     "picture (when one is shown) and wrote a description of it; sometimes the student was given the "
     "beginning of the description and had to continue it. Grade the student's text as if it were a "
     "story written by a student, on these dimensions, each an integer from 0 (worst) to 10 (best):\n"
-    "- grammar: correct, fluent sentences\n"
-    "- consistency: agrees with the picture and with itself, no contradictions\n"
-    "- creativity: original, vivid wording\n"
-    "- meaningfulness: makes sense and says something real about the picture\n"
-    "- plot: a coherent flow from start to end\n"
-    'Answer with ONLY a JSON object, no other text: {"grammar": int, "consistency": int, '
-    '"creativity": int, "meaningfulness": int, "plot": int, "comment": "one short sentence"}'
+    + "".join(f"- {mark}: {meaning}\n" for mark, meaning in MEANINGS.items())
+    + "Answer with ONLY a JSON object, no other text: {"
+    + ", ".join(f'"{mark}": int' for mark in RUBRIC) + ', "comment": "one short sentence"}'
 )
 
 

@@ -7,18 +7,18 @@ shares with the output, a cheap ROUGE-like score ranks them, and exact ROUGE-L r
 """
 from __future__ import annotations
 
-import re
 
 import torch
 
+from ..text import words
+
 ROUGE_BETA = 1.2  # pycocoevalcap's Rouge uses 1.2, so our numbers match the COCO toolkit's
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 
 
 def simple_tokenize(text: str) -> list[str]:
     """Lowercase words with punctuation dropped (the fallback when Stanford's PTB tokenizer is not
     available): "A dog's ball." -> ["a", "dog's", "ball"]."""
-    return _WORD.findall(text.lower())
+    return words(text, joiners="'")
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:

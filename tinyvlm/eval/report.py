@@ -7,9 +7,8 @@ import os
 import textwrap
 from pathlib import Path
 
-from ..plots import plt
-
-RUBRIC = ("grammar", "consistency", "creativity", "meaningfulness", "plot")
+from ..plots import figure
+from .rubric import RUBRIC
 RAW = ("claim_precision", "claim_recall", "hallucination_per_thing", "hallucination_per_description",
        "attribute_accuracy", "count_accuracy", "relation_accuracy", "repetition_rate", "novelty")
 CAPTIONS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -51,7 +50,8 @@ def _plots(results: dict, out: Path) -> list[str]:
     if settings:
         s = settings[0]
         names = [n for n in runs if s in runs[n] and runs[n][s].get("rubric")]
-        fig, ax = plt.subplots(figsize=(7, 3.2), dpi=120)
+        fig = figure(figsize=(7, 3.2), dpi=120)
+        ax = fig.subplots()
         w = 0.8 / len(names)
         for i, n in enumerate(names):
             ax.bar([j + i * w for j in range(len(RUBRIC))], [runs[n][s]["rubric"].get(d, 0) for d in RUBRIC], w, label=n)
@@ -60,14 +60,14 @@ def _plots(results: dict, out: Path) -> list[str]:
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "rubric.png")
-        plt.close(fig)
         made.append("rubric.png")
     for task in ("vqa", "probe"):
         names = [n for n in runs if runs[n].get(task, {}).get("by_type")]
         if not names:
             continue
         types = list(runs[names[0]][task]["by_type"])
-        fig, ax = plt.subplots(figsize=(7, 3), dpi=120)
+        fig = figure(figsize=(7, 3), dpi=120)
+        ax = fig.subplots()
         w = 0.8 / len(names)
         for i, n in enumerate(names):
             ax.bar([j + i * w for j in range(len(types))], [runs[n][task]["by_type"].get(t, 0) for t in types], w, label=n)
@@ -76,7 +76,6 @@ def _plots(results: dict, out: Path) -> list[str]:
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / f"{task}.png")
-        plt.close(fig)
         made.append(f"{task}.png")
     return made
 
@@ -86,7 +85,8 @@ def sample_grid(samples: list[dict], out_png: Path, cols: int = 4) -> Path:
     from ..data.images import load_image
     n = len(samples)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.2, rows * 4.2), dpi=100, squeeze=False)
+    fig = figure(figsize=(cols * 3.2, rows * 4.2), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, s in zip(axes.ravel(), samples):
         ax.imshow(load_image(s["image"]))
         ax.set_title("\n".join(textwrap.wrap(s["text"], 34)[:7]), fontsize=7.5, loc="left", y=-0.02, va="top")
@@ -94,7 +94,6 @@ def sample_grid(samples: list[dict], out_png: Path, cols: int = 4) -> Path:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out_png)
-    plt.close(fig)
     return out_png
 
 

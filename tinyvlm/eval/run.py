@@ -1,10 +1,12 @@
 """`tinyvlm eval`: run a model over an evaluation set and measure everything the set's truth allows.
 
 - Picture-book scenes (records with a `scene`): the paper's completion protocol and free
-  description, scored by the grounded judge; VQA accuracy by question type; the compositional
-  probe (true description vs each hard negative, by likelihood).
+  description, scored by the world plug-in's grounded judge; VQA accuracy by question type; the
+  compositional probe (true description vs each hard negative, by likelihood).
 - Captioned photos (records with `references`): BLEU/METEOR/ROUGE-L/CIDEr.
 - Any images, with `judge="llm"`: the paper's rubric through an OpenAI-compatible endpoint.
+- Judges are found by name, each plug-in's (tinyvlm.plugins) beside the core's (llm, captions).
+  A plug-in's judge reads only the records its plug-in labels.
 - Always: the memorisation check against the training text, and two baselines in the same table
   (blind: every image replaced by a blank one; nearest neighbour: the training text of the most
   similar training image), so each number has something to be compared with.
@@ -12,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import plugins
 from ..api import TinyVLM
 from ..checkpoint import resolve
 from ..data.batches import MAX_TOKENS, Example, ask_prompt, describe_prompt
@@ -29,9 +31,15 @@ from ..data.images import fit_square, load_image
 from ..data.records import Record
 from ..errors import TinyVLMError
 from ..generate import Sampling
+from ..text import words
 
 PREFIX_WORDS = {"short": 6, "long": 18}  # the paper gives the first 6-7 (ShortDesc) or 18-20 (LongDesc) words
-JUDGES = ("grounded", "llm", "captions")
+CORE_JUDGES = ("llm", "captions")
+
+
+def judges() -> tuple[str, ...]:
+    """Every judge's name: the plug-ins' (the world's "grounded"), then the core's."""
+    return (*plugins.judges(), *CORE_JUDGES)
 
 
 @dataclass
@@ -39,7 +47,7 @@ class EvalConfig:
     model: str
     data: str
     out: str | None = None
-    judge: str = "grounded"          # grounded | llm | captions
+    judge: str = "grounded"          # grounded (the world plug-in's) | llm | captions
     n: int = 200                     # evaluation records
     styles: tuple[str, ...] = ("short",)
     train_data: str | None = None    # default: the data the model was trained on (from its run state)
@@ -53,17 +61,23 @@ class EvalConfig:
     progress: bool = True
 
 
+def _labelled(plugin: plugins.Plugin, records: list[Record]) -> bool:
+    return all(plugin.labels(r) for r in records)
+
+
 def _check(cfg: EvalConfig, records: list[Record]):
-    has_scene = all(r.scene for r in records)
+    by_plugin = plugins.judges()
     has_refs = all(r.references for r in records)
-    if cfg.judge not in JUDGES:
-        raise TinyVLMError(f"unknown judge '{cfg.judge}': choose one of {', '.join(JUDGES)}")
-    if cfg.judge == "grounded" and not has_scene:
+    if cfg.judge not in judges():
+        raise TinyVLMError(f"unknown judge '{cfg.judge}': choose one of {', '.join(judges())}")
+    plugin = by_plugin.get(cfg.judge)
+    if plugin is not None and not _labelled(plugin, records):
         hint = "--judge captions (it has reference captions) or --judge llm" if has_refs else "--judge llm"
-        raise TinyVLMError(f"{cfg.data} has no scene graphs, which the grounded judge needs: use {hint}")
+        raise TinyVLMError(f"{cfg.data} has no {plugin.truth}, which the {cfg.judge} judge needs: use {hint}")
     if cfg.judge == "captions" and not has_refs:
+        can = [j for j, p in by_plugin.items() if _labelled(p, records)]
         raise TinyVLMError(f"{cfg.data} has no reference captions, which caption metrics need: use --judge llm"
-                           + (" or --judge grounded" if has_scene else ""))
+                           + "".join(f" or --judge {j}" for j in can))
     if cfg.judge == "llm" and not (cfg.llm_base_url and cfg.llm_model):
         raise TinyVLMError("the LLM judge needs --llm-base-url and --llm-model (key from $OPENAI_API_KEY or --llm-api-key-env)")
 
@@ -79,8 +93,7 @@ def _train_source(cfg: EvalConfig):
 
 def normalise_answer(text: str) -> str:
     """Lowercase, drop punctuation and articles: 'The ball.' == 'ball'."""
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    return " ".join(w for w in words if w not in ("a", "an", "the"))
+    return " ".join(w for w in words(text, digits=True) if w not in ("a", "an", "the"))
 
 
 class NearestNeighbour:
@@ -209,12 +222,9 @@ def evaluate(cfg: EvalConfig) -> dict:
 def _judge(cfg: EvalConfig, records, texts, refs, prefixes, train_texts, images) -> dict:
     """Score one set of outputs with the configured judge (plus caption metrics when references exist)."""
     res: dict = {}
-    if cfg.judge == "grounded":
-        from .grounded import judge_grounded
-        items = [{"id": str(i), "text": t, "scene": r.scene, "reference": ref, "prefix": p}
-                 for i, (r, t, ref, p) in enumerate(zip(records, texts, refs, prefixes))]
-        g = judge_grounded(items, train_texts or None)
-        res = {"rubric": g["mean"], "raw": g["raw"], "items": g["items"]}
+    plugin = plugins.judges().get(cfg.judge)
+    if plugin is not None:
+        res = plugin.judges[cfg.judge](records, texts, refs, prefixes, train_texts)
     elif cfg.judge == "llm":
         from ..llm import ChatClient
         from .llm_judge import judge_llm

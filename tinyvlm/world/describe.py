@@ -12,13 +12,14 @@ import random
 import re
 from dataclasses import dataclass, replace
 
+from ..text import LENGTHS, words  # noqa: F401  (words: how lengths and vocabulary are counted; re-exported)
 from .scene import COLOURS, GROUND, KINDS, PLACES, SIZES, Scene, Thing, relation_holds
 
+# The world's one number-word table: NUMBER_WORDS[n] says n. The checker and grounding read it backwards.
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
 REL_WORDS = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below",
              "next to": "next to", "on": "on"}
 GROUND_COLOUR = {"grass": "green", "sand": "yellow", "snow": "white", "floor": "brown", "water": "blue"}
-LENGTHS = {"short": (20, 25), "long": (60, 70)}
 
 # What each kind does, as (one, many). Unknown kinds fall back to "any".
 ACTS = {
@@ -127,11 +128,6 @@ class Sentence:
     @functools.cached_property
     def n_words(self) -> int:
         return len(words(self.text))
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words without punctuation: how lengths and vocabulary are counted."""
-    return re.findall(r"[a-z]+", text.lower())
 
 
 def join(sentences: list[Sentence]) -> str:

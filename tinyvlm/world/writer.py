@@ -16,8 +16,8 @@ from typing import Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ...errors import TinyVLMError
-from ..records import Record, iter_jsonl, write_jsonl
+from ..errors import TinyVLMError
+from ..data.records import Record, iter_jsonl, write_jsonl
 from .describe import describe
 from .render import render
 from .scene import MAX_THINGS, Scene, sample_scene

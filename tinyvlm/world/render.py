@@ -10,7 +10,7 @@ import random
 
 from PIL import Image, ImageDraw
 
-from ...errors import TinyVLMError
+from ..errors import TinyVLMError
 from .scene import HORIZON, KINDS, WATER, Scene, Thing
 
 RGB = {"red": (220, 45, 45), "blue": (45, 95, 220), "green": (55, 170, 65), "yellow": (250, 215, 45),

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..data.world.checker import NOUNS, REGIONS, SCENE_WORDS, Claim, grammatical, parse_claims, split_sentences, verify
-from ..data.world.describe import words
-from ..data.world.scene import Scene
 from ..errors import TinyVLMError
-from .memorisation import memorisation
-
-RUBRIC = ("grammar", "consistency", "creativity", "meaningfulness", "plot")
+from ..eval.memorisation import memorisation
+from ..eval.rubric import RUBRIC
+from ..text import words
+from .checker import NOUNS, REGIONS, SCENE_WORDS, Claim, grammatical, parse_claims, split_sentences, verify
+from .scene import Scene
 POINTERS = {"it", "they", "them", "its", "their", "this", "here", "too", "again"}  # words that point back
 CONNECTIVES = {"then", "and", "so", "now", "soon", "later", "after", "next", "when"}  # and "one day"
 EXCLUSIVE = ("time", "weather")  # scene facts with one value per picture (place has many true words)
@@ -106,6 +105,16 @@ def score_description(text: str, scene: Scene | dict, reference: str | list[str]
         n_claims=len(claims), n_false=n_false, things_mentioned=len(things), things_hallucinated=things.count("false"),
         attribute=tally(("colour", "size")), count=tally(("count",)), relation=tally(("relation",)),
         repetition=repetition(toks), novelty=novelty)
+
+
+def judge(records: list, texts: list[str], references: list, prefixes: list[str],
+          training_texts: list[str] | None = None) -> dict:
+    """The plug-in's "grounded" judge, as `tinyvlm eval` calls it: each record's scene and
+    reference descriptions, the text written for it and the prefix it was given."""
+    items = [{"id": str(i), "text": t, "scene": r.scene, "reference": ref, "prefix": p}
+             for i, (r, t, ref, p) in enumerate(zip(records, texts, references, prefixes))]
+    g = judge_grounded(items, training_texts or None)
+    return {"rubric": g["mean"], "raw": g["raw"], "items": g["items"]}
 
 
 def judge_grounded(items: list[dict], training_texts: list[str] | None = None) -> dict:
