@@ -67,8 +67,8 @@ def _within_limit(im: Image.Image, name: str) -> Image.Image:
 def _image_errors(name: str):
     """Turn whatever the image library raises into one TinyVLMError naming the file."""
     try:
-        with warnings.catch_warnings():  # MAX_PIXELS replaces PIL's own warning
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # MAX_PIXELS replaces PIL's bomb warning, and its warnings
+            warnings.simplefilter("ignore")  # about corrupt EXIF or palettes are not the user's lines
             yield
     except TinyVLMError:
         raise
