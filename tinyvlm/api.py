@@ -101,7 +101,7 @@ class TinyVLM:
         return cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"), meta.get("concepts"), head, plugin)
 
     def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, also=extra_files or ()) as tmp:
             self.write_files(tmp)
             for name, data in (extra_files or {}).items():
                 (tmp / name).write_bytes(data)

@@ -2,44 +2,50 @@
 
 A directory is written in full beside its final place and then swapped in with renames, so an
 interrupted write leaves the previous checkpoint intact (and `resolve` finds it). Weights are
-safetensors only: loading a model never unpickles anything.
+safetensors only: loading a model never unpickles anything. A folder is only ever replaced if it
+holds nothing but a tinyvlm model or checkpoint (files.py's rules): saving into a project folder
+refuses and names what is there, and never deletes it.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .errors import TinyVLMError
+from .files import atomic_dir as _atomic_dir, owned_names
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 CONCEPT_HEAD = "concept_head.safetensors"  # only beside an encoder frozen since its concept stage
 RUN_CHECKPOINT = "checkpoint"  # a training run keeps its latest model in RUN/checkpoint/
+# Every file name tinyvlm writes into a model or checkpoint folder: the model's, then a training
+# run's (train's STATE, OPTIMIZER and CONCEPT_WEIGHTS; a test keeps the two lists in step).
+MODEL_FILES = (CONFIG, WEIGHTS, TOKENIZER, CONCEPT_HEAD)
+RUN_FILES = ("state.json", "optimizer.safetensors", "encoder_and_head.safetensors")
+FORMAT = "tinyvlm/"  # config.json's "format" starts with it
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; when the block succeeds, it replaces `path` whole."""
+def atomic_dir(path: str | os.PathLike, also: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a temporary directory; when the block succeeds, it replaces `path` whole. Refuses
+    (TinyVLMError naming what is there) if `path` holds anything but tinyvlm's own files (MODEL_FILES,
+    RUN_FILES, `also`) or a config.json that is not tinyvlm's."""
     path = Path(path)
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    if (path / CONFIG).is_file() and not _is_tinyvlm_config(path / CONFIG):
+        raise TinyVLMError(f"{path} holds a {CONFIG} that is not a tinyvlm model's: tinyvlm will not "
+                           f"replace it; choose an empty or new folder")
+    with _atomic_dir(path, owned_names((*MODEL_FILES, *RUN_FILES, *also)), "a tinyvlm model") as tmp:
         yield tmp
-        for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_tinyvlm_config(path: Path) -> bool:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and str(meta.get("format", "")).startswith(FORMAT)
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -59,7 +65,7 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TinyVLMError(f"cannot read {path}: {e}") from None
 

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import TinyVLMError
+from ..files import atomic_dir, owned_names
 from .records import Record, iter_jsonl, write_jsonl
 
 SHARD_GLOB = "shard-*.jsonl"
+SHARD_FILES = owned_names((SHARD_GLOB, "index.json"))  # all that a split's folder holds
 
 
 class RecordSource:
@@ -89,19 +91,17 @@ def open_records(path: str | os.PathLike, split: str = "train") -> RecordSource:
 
 def write_shards(records: Iterable[Record], out_dir: str | os.PathLike, split: str,
                  shard_size: int = 10_000) -> int:
-    """Write records as DIR/<split>/shard-NNNNN.jsonl (image paths relative to the shard's folder)."""
-    out_dir = Path(out_dir)
-    split_dir = out_dir / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    for old in split_dir.glob(SHARD_GLOB):
-        old.unlink()
+    """Write records as DIR/<split>/shard-NNNNN.jsonl (image paths relative to the shard's folder).
+    The split's folder is written whole beside its place and swapped in, so the old shards stay
+    until the new ones are complete; a folder holding anything but shards is refused, not emptied."""
     n, buf, k = 0, [], 0
-    for r in records:
-        buf.append(r)
-        if len(buf) == shard_size:
+    with atomic_dir(Path(out_dir) / split, SHARD_FILES, "tinyvlm shards") as split_dir:
+        for r in records:
+            buf.append(r)
+            if len(buf) == shard_size:
+                n += write_jsonl(buf, split_dir / f"shard-{k:05d}.jsonl")
+                buf, k = [], k + 1
+        if buf or k == 0:
             n += write_jsonl(buf, split_dir / f"shard-{k:05d}.jsonl")
-            buf, k = [], k + 1
-    if buf or k == 0:
-        n += write_jsonl(buf, split_dir / f"shard-{k:05d}.jsonl")
-    (split_dir / "index.json").write_text(json.dumps({"records": n, "shards": k + (1 if buf else 0)}))
+        (split_dir / "index.json").write_text(json.dumps({"records": n, "shards": k + (1 if buf else 0)}))
     return n

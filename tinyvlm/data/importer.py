@@ -4,8 +4,13 @@
     out_dir/train/shard-*.jsonl, out_dir/val/shard-*.jsonl
     out_dir/import.json                     counts and every skipped entry with its reason
 
-Every image is decoded once (`load_image`) so training never meets a broken file; exact duplicates
-are dropped; the train/val split is by image, so no picture is seen in both.
+Every image is decoded once (`load_image`) so training never meets a broken file (or a picture over
+the pixel limit); exact duplicates are dropped; the train/val split is by image, so no picture is
+seen in both. The console summary names the first skipped entries and points at import.json.
+
+Writing never loses anything: the new train/ and val/ shards replace the old ones only once they are
+complete (a folder holding anything but shards is refused, not emptied), images are only added,
+import.json is renamed into place, and whatever fails, no temporary file is left in `out_dir`.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -22,7 +28,8 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 from ..errors import TinyVLMError
-from .dataset import write_shards
+from ..files import remove_owned, write_atomic
+from .dataset import SHARD_FILES, write_shards
 from .images import load_image
 from .readers import ImportReport, guess_format, read_any
 from .records import Record, iter_jsonl, write_jsonl
@@ -40,13 +47,15 @@ def import_dataset(src: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
     out = Path(out_dir).resolve()  # absolute, so write_jsonl stores paths relative to each shard
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    staged, extract_dir = out / "staged.jsonl.tmp", out / "_extract"
+    # Our own scratch folder (a fresh name, so nothing of the user's is ever in it), removed at the end.
+    work = Path(tempfile.mkdtemp(dir=out, prefix=".import-"))
+    staged, extract_dir = work / "staged.jsonl", work / "extract"
     report, split_keys = ImportReport(), set()
     try:
         records = read_any(src, fmt, report, extract_dir=extract_dir, image_dir=image_dir)
         bar = tqdm(records, desc="importing", unit=" records", disable=not progress)
         # Stage validated records on disk, so the split can be exact without holding them in memory.
-        write_jsonl(_validated(bar, images_dir, report, split_keys), staged, root=out)
+        write_jsonl(_validated(bar, images_dir, report, split_keys), staged)
         if report.records == 0:
             first = f" (first problem: {report.problems[0]})" if report.problems else ""
             raise TinyVLMError(f"no usable records in {src}{first}")
@@ -56,15 +65,16 @@ def import_dataset(src: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
             return (r for r in iter_jsonl(staged) if (_split_key(r) in val_keys) == (name == "val"))
 
         report.train = write_shards(split("train"), out, "train", shard_size)
-        if val_keys:  # no val/ folder at all when nothing is held out, so training makes its own split
+        if val_keys:
             report.val = write_shards(split("val"), out, "val", shard_size)
+        else:  # no val/ shards at all when nothing is held out, so training makes its own split
+            remove_owned(out / "val", SHARD_FILES)  # a previous import's, never anything else
     finally:
-        staged.unlink(missing_ok=True)
-        shutil.rmtree(extract_dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     info = {"source": str(src), "format": fmt, "val_fraction": val_fraction, "seed": seed}
-    (out / "import.json").write_text(json.dumps(info | report.to_json(), indent=2, ensure_ascii=False))
+    write_atomic(out / "import.json", json.dumps(info | report.to_json(), indent=2, ensure_ascii=False))
     if progress:
-        print(report.summary(), file=sys.stderr)
+        print("\n".join(filter(None, [report.summary(), report.details(out / "import.json")])), file=sys.stderr)
     return report
 
 
@@ -90,13 +100,24 @@ def _validated(records: Iterable[Record], images_dir: Path, report: ImportReport
             if h not in stored:
                 stored[h] = images_dir / (h + Path(p).suffix.lower())
                 if not stored[h].exists():
-                    shutil.copyfile(p, stored[h])
+                    _copy(p, stored[h])
         r = replace(r, images=[str(stored[h]) for h in hashes])
         split_keys.add(_split_key(r))
         report.records += 1
         report.captions += len(r.references or [r.text])
         report.images = len(stored)
         yield r
+
+
+def _copy(src: str, dst: Path) -> None:
+    """Copy an image in whole or not at all (a half-copied file would pass `exists()` next time)."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _check(path: str, checked: dict[str, str | TinyVLMError]) -> str:

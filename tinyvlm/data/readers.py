@@ -4,15 +4,20 @@ Every reader is a generator (records come out one at a time, images stay on disk
 `ImportReport`: a bad entry (missing image, bad JSON line, empty or missing caption) is written to
 `report.problems` naming the file and why, and skipped, so one broken line never loses the rest.
 Readers only check that image files exist; decoding them is the importer's job (`load_image`).
+Text files are read by `text.py`'s rules (UTF-8 with or without a BOM, any line ends, Windows-1252
+fallback with a warning in `report.warnings`).
 """
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
+import lzma
 import os
 import re
 import tarfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +25,10 @@ from typing import Iterable, Iterator
 
 from ..errors import TinyVLMError
 from .records import Record, iter_jsonl
+from .textfiles import decode_text, read_text
 
 FORMATS = ("coco", "csv", "jsonl", "folder", "webdataset")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TAR_EXTS = (".tar", ".tar.gz", ".tgz")
 _WDS_IMAGES = ("jpg", "jpeg", "png", "webp")
 _WDS_EXTS = (*_WDS_IMAGES, "txt", "json")
@@ -30,8 +36,10 @@ _WDS_EXTS = (*_WDS_IMAGES, "txt", "json")
 
 @dataclass
 class ImportReport:
-    """What an import read, kept and skipped; every skipped entry has one line in `problems`."""
+    """What an import read, kept and skipped; every skipped entry has one line in `problems`;
+    what was read but deserves a look (an encoding guessed) has one line in `warnings`."""
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     images: int = 0
     records: int = 0
     captions: int = 0
@@ -47,16 +55,34 @@ class ImportReport:
         return (f"images: {self.images}, captions: {self.captions}, skipped: {self.skipped}, "
                 f"duplicates: {self.duplicates}, train: {self.train}, val: {self.val}")
 
+    def details(self, full_list: str | os.PathLike | None = None, show: int = 5) -> str:
+        """The first `show` skipped entries and warnings by name, and where the full list is
+        (`full_list`: the import.json); empty when there are none."""
+        lines = []
+        for title, items in (("skipped", self.problems), ("warnings", self.warnings)):
+            if items:
+                lines.append(f"{title} ({len(items)}):")
+                lines += [f"  {item}" for item in items[:show]]
+                if len(items) > show:
+                    lines.append(f"  ... and {len(items) - show} more")
+        if lines and full_list:
+            lines.append(f"the full list is in {full_list}")
+        return "\n".join(lines)
+
     def to_json(self) -> dict:
         return {"images": self.images, "records": self.records, "captions": self.captions,
                 "skipped": self.skipped, "duplicates": self.duplicates, "train": self.train,
-                "val": self.val, "problems": self.problems}
+                "val": self.val, "problems": self.problems, "warnings": self.warnings}
 
 
 def _caption_record(image: Path, captions: Iterable[str], where: str, report: ImportReport) -> Record | None:
     """One image with its captions -> a record (first caption as text, all as references), or None
     with the reason reported. Callers report individual empty captions where they know the line."""
-    if not image.is_file():
+    try:
+        found = image.is_file()
+    except (OSError, ValueError):  # a name with a NUL byte, or too long for the file system
+        found = False
+    if not found:
         report.problems.append(f"{where}: image not found: {image}")
         return None
     captions = [c.strip() for c in captions if c and c.strip()]
@@ -73,10 +99,10 @@ def read_coco(captions_json: str | os.PathLike, image_dir: str | os.PathLike | N
     path = Path(captions_json)
     image_dir = Path(image_dir) if image_dir else _default_image_dir(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path, report.warnings))
         images = {im["id"]: im["file_name"] for im in data["images"]}
         annotations = data["annotations"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise TinyVLMError(f"{path}: not a COCO captions file ({e.__class__.__name__}: {e})") from None
     captions: dict = defaultdict(list)
     for ann in annotations:
@@ -102,8 +128,8 @@ def read_csv(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None = 
     path = Path(csv_path)
     image_dir = Path(image_dir) if image_dir else _default_image_dir(path)
     captions: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = csv.DictReader(f)
+    rows = csv.DictReader(io.StringIO(read_text(path, report.warnings)))
+    try:
         if not {"image", "caption"} <= set(rows.fieldnames or []):
             raise TinyVLMError(f"{path}: needs a header line 'image,caption', found {rows.fieldnames}")
         for row in rows:
@@ -116,6 +142,8 @@ def read_csv(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None = 
                 captions[image].append(caption)
             else:
                 report.problems.append(f"{path}:{rows.line_num}: empty caption for {image}")
+    except csv.Error as e:  # e.g. a field over csv's size limit
+        raise TinyVLMError(f"{path}:{rows.line_num}: not a CSV file ({e})") from None
     for image, caps in captions.items():
         record = _caption_record(image_dir / image, caps, str(path), report)
         if record:
@@ -124,7 +152,7 @@ def read_csv(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None = 
 
 def read_jsonl(path: str | os.PathLike, *, report: ImportReport) -> Iterator[Record]:
     """Our own JSONL form (see records.py); records whose image files are missing are skipped."""
-    for record in iter_jsonl(path, errors=report.problems):
+    for record in iter_jsonl(path, errors=report.problems, warnings=report.warnings):
         missing = [p for p in record.images if not os.path.isfile(p)]
         if missing:
             report.problems.append(f"{path}: image not found: {missing[0]}")
@@ -133,22 +161,40 @@ def read_jsonl(path: str | os.PathLike, *, report: ImportReport) -> Iterator[Rec
 
 
 def read_folder(folder: str | os.PathLike, *, report: ImportReport) -> Iterator[Record]:
-    """A folder (searched recursively) of images, each with a same-name `.txt` file holding one
-    caption per non-empty line."""
+    """A folder (searched recursively) of images, each with a same-name `.txt` (or `.TXT`) file
+    holding one caption per non-empty line.
+
+    Two pictures sharing one caption file (`a.png` and `a.jpg` beside `a.txt`) are ambiguous: often
+    one picture saved twice, which would put a near-duplicate across the train/val split, sometimes
+    two pictures that the captions do not both describe. The first by name is imported and each
+    other one is skipped and reported, naming the one kept, so the user can rename it."""
     root = Path(folder)
     if not root.is_dir():
         raise TinyVLMError(f"{root}: not a folder")
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    images = {p.with_suffix(""): p for p in files if p.suffix.lower() in IMAGE_EXTS}
-    for txt in files:
-        if txt.suffix.lower() == ".txt" and txt.with_suffix("") not in images:
+    captions = {p.with_suffix(""): p for p in files if p.suffix.lower() == ".txt"}
+    images: dict[Path, Path] = {}
+    for p in files:
+        if p.suffix.lower() not in IMAGE_EXTS:
+            continue
+        kept = images.setdefault(p.with_suffix(""), p)
+        if kept is not p:
+            report.problems.append(f"{p}: skipped, {kept.name} has the same name and takes its caption "
+                                   f"file {p.stem}.txt (give each picture its own name)")
+    for stem, txt in captions.items():
+        if stem not in images:
             report.problems.append(f"{txt}: caption file without an image")
     for stem, image in images.items():
-        txt = stem.with_suffix(".txt")
-        if not txt.is_file():
-            report.problems.append(f"{image}: no caption file {txt.name}")
+        txt = captions.get(stem)
+        if txt is None:
+            report.problems.append(f"{image}: no caption file {stem.name}.txt")
             continue
-        record = _caption_record(image, txt.read_text(encoding="utf-8").splitlines(), str(txt), report)
+        try:
+            lines = read_text(txt, report.warnings).splitlines()
+        except TinyVLMError as e:
+            report.problems.append(f"skipped {image.name}: {e}")
+            continue
+        record = _caption_record(image, lines, str(txt), report)
         if record:
             yield record
 
@@ -171,7 +217,7 @@ def read_webdataset(pattern_or_dir: str | os.PathLike, *, report: ImportReport,
                     record = _webdataset_record(members, f"{shard}:{key}", stem, report)
                     if record:
                         yield record
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
             report.problems.append(f"{shard}: unreadable tar, rest of shard skipped ({e.__class__.__name__}: {e})")
 
 
@@ -202,7 +248,11 @@ def _webdataset_record(members: dict[str, bytes], where: str, stem: Path,
         report.problems.append(f"{where}: no image (.jpg/.jpeg/.png/.webp)")
         return None
     if "txt" in members:
-        caption = members["txt"].decode("utf-8", errors="replace")
+        try:
+            caption = decode_text(members["txt"], f"{where}.txt", report.warnings)
+        except TinyVLMError as e:
+            report.problems.append(str(e))
+            return None
     elif "json" in members:
         try:
             meta = json.loads(members["json"])

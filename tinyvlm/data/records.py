@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import TinyVLMError
 from ..tokenizer import IMAGE_SLOT, ROLES
+from .textfiles import text_lines
 
 Turn = tuple[str, str]  # (role, text): "user" or "assistant"
 _KNOWN = {"image", "images", "text", "prompt", "turns", "references", "answer", "scene"}
@@ -112,24 +113,25 @@ def image_slots(prompt: str, n_images: int, have: int | None = None) -> str:
     return IMAGE_SLOT * (n_images - have) + prompt
 
 
-def iter_jsonl(path: str | os.PathLike, errors: list[str] | None = None) -> Iterator[Record]:
+def iter_jsonl(path: str | os.PathLike, errors: list[str] | None = None,
+               warnings: list[str] | None = None) -> Iterator[Record]:
     """Yield records from a JSONL file. Bad lines are reported in `errors` (if given) and skipped;
-    without `errors`, the first bad line raises a TinyVLMError naming the file and line."""
+    without `errors`, the first bad line raises a TinyVLMError naming the file and line. Text is
+    read by text.py's rules (BOM, CRLF, Windows-1252 fallback warned in `warnings`)."""
     path = Path(path)
     if not path.exists():
         raise TinyVLMError(f"{path}: no such file")
     root = path.parent
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield Record.from_json(json.loads(line), root=root)
-            except (ValueError, KeyError, TypeError) as e:  # json.JSONDecodeError is a ValueError
-                msg = f"{path}:{lineno}: {e}"
-                if errors is None:
-                    raise TinyVLMError(msg) from None
-                errors.append(msg)
+    for lineno, line in text_lines(path, warnings):
+        if not line.strip():
+            continue
+        try:
+            yield Record.from_json(json.loads(line), root=root)
+        except (ValueError, KeyError, TypeError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            msg = f"{path}:{lineno}: {e.__class__.__name__ if isinstance(e, RecursionError) else e}"
+            if errors is None:
+                raise TinyVLMError(msg) from None
+            errors.append(msg)
 
 
 def read_jsonl(path: str | os.PathLike, errors: list[str] | None = None) -> list[Record]:
@@ -142,13 +144,17 @@ def write_jsonl(records: Iterable[Record], path: str | os.PathLike, root: str | 
     root = Path(root) if root is not None else path.parent
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            d = r.to_json()
-            rel = [os.path.relpath(p, root) if os.path.isabs(p) else p for p in r.images]
-            d.pop("image", None), d.pop("images", None)
-            d = ({"image": rel[0]} if len(rel) == 1 else {"images": rel}) | d
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                d = r.to_json()
+                rel = [os.path.relpath(p, root) if os.path.isabs(p) else p for p in r.images]
+                d.pop("image", None), d.pop("images", None)
+                d = ({"image": rel[0]} if len(rel) == 1 else {"images": rel}) | d
+                f.write(json.dumps(d, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:  # whatever failed (records come from a generator), leave no temp file
+        tmp.unlink(missing_ok=True)
+        raise
     return n

@@ -7,8 +7,10 @@ import os
 import textwrap
 from pathlib import Path
 
+from ..files import write_atomic
 from ..plots import figure
 from .rubric import RUBRIC
+
 RAW = ("claim_precision", "claim_recall", "hallucination_per_thing", "hallucination_per_description",
        "attribute_accuracy", "count_accuracy", "relation_accuracy", "repetition_rate", "novelty")
 CAPTIONS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -118,7 +120,7 @@ def write_report(results: dict, out: Path) -> None:
         md.append(f"**{Path(s['image']).name}** — {s['text']}\n")
         if s.get("claims"):
             md.append("  " + "; ".join(f"{'✓' if v == 'true' else '✗' if v == 'false' else '?'} {c}" for c, v in s["claims"]) + "\n")
-    (out / "report.md").write_text("\n".join(md))
+    write_atomic(out / "report.md", "\n".join(md))
 
     colour = {"true": "#1a7f37", "false": "#cf222e"}
     cards = []
@@ -134,4 +136,4 @@ def write_report(results: dict, out: Path) -> None:
 .card{{border:1px solid #ddd;padding:8px;font-size:13px}}.card ul{{padding-left:1.1em;font-size:12px}}</style>
 <h1>tinyvlm evaluation</h1><p>model <code>{html.escape(results['config']['model'])}</code> on <code>{html.escape(results['config']['data'])}</code>, {results['n']} records</p>
 <h2>Scores</h2>{table}{''.join(f'<img src="{p}" style="max-width:48%">' for p in plots)}<h2>Samples</h2><div class="grid">{''.join(cards)}</div>"""
-    (out / "report.html").write_text(page)
+    write_atomic(out / "report.html", page)

@@ -32,6 +32,7 @@ from ..data.records import Record
 from ..errors import TinyVLMError
 from ..generate import Sampling
 from ..text import words
+from ..files import write_atomic
 
 PREFIX_WORDS = {"short": 6, "long": 18}  # the paper gives the first 6-7 (ShortDesc) or 18-20 (LongDesc) words
 CORE_JUDGES = ("llm", "captions")
@@ -176,7 +177,8 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     runs = {"model": [r.images[0] for r in records]}
     if cfg.baselines:
-        blank = _blank_image(out or Path(tempfile.mkdtemp(prefix="tinyvlm-eval-")), vlm.cfg.vit_image_size)
+        scratch = None if out else tempfile.TemporaryDirectory(prefix="tinyvlm-eval-")  # removed at the end
+        blank = _blank_image(out or Path(scratch.name), vlm.cfg.vit_image_size)
         runs["blind"] = [blank] * len(records)
     results: dict = {"config": asdict(cfg), "n": len(records), "runs": {}}
     for run, images in runs.items():
@@ -213,9 +215,11 @@ def evaluate(cfg: EvalConfig) -> dict:
                           for r, t, item in zip(records[:12], results["runs"]["model"][f"{cfg.styles[0]}/free"]["texts"],
                                                 results["runs"]["model"][f"{cfg.styles[0]}/free"].get("items") or [{}] * 12)]
     if out:
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        write_atomic(out / "results.json", json.dumps(results, indent=2, default=str))
         from .report import write_report
         write_report(results, out)
+    if cfg.baselines and scratch is not None:
+        scratch.cleanup()
     return results
 
 
