@@ -242,3 +242,11 @@ def test_chat_answers_two_data_url_pictures_as_it_would_their_paths(tmp_path):
 def test_chat_refuses_bad_messages_with_one_clear_line(messages, match):
     with pytest.raises(TinyVLMError, match=match):
         _vlm().chat(messages)
+
+
+def test_a_decompression_bomb_in_a_data_url_is_one_clear_line():
+    from pathlib import Path
+    bomb = Path(__file__).parent / "data/robustness/declares_20000x20000.png"
+    url = "data:image/png;base64," + base64.b64encode(bomb.read_bytes()).decode()
+    with pytest.raises(TinyVLMError, match="pixel"):
+        _vlm().chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}])

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
+from .data.images import load_image
 from .errors import TinyVLMError
 from .tokenizer import IMAGE_SLOT
 
@@ -43,11 +44,10 @@ def decode_image_url(url: str) -> "str | Image.Image":
         except (binascii.Error, ValueError):
             raise TinyVLMError("the data URL's base64 is malformed") from None
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return im.copy()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            im = Image.open(io.BytesIO(data))  # lazily: load_image checks the pixel limit before decoding
+        except Exception as e:  # PIL raises many types on garbage; none may escape as a traceback
             raise TinyVLMError(f"the data URL does not hold a readable picture: {e.__class__.__name__}: {e}") from None
+        return load_image(im)
     return unquote(urlparse(url).path) if scheme == "file" else os.fspath(url)
 
 
