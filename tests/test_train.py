@@ -107,3 +107,16 @@ def test_each_step_teaches_one_task_so_batches_are_not_padding(tmp_path):
     assert max(padding) < 0.25, padding
     mixed = [record_to_example(r, rng) for r, rng in (next(records) for _ in range(16))]
     assert (tr.collate(mixed)["input_ids"] == PAD_ID).float().mean() > 0.35  # what one task a step saves
+
+
+def test_training_and_import_split_by_the_same_ranking():
+    """One validation split: the pictures training holds out while streaming are exactly the lowest
+    ranks the importer takes when asked for that many; another seed picks other pictures."""
+    from tinyvlm.data.dataset import held_out, pick_validation
+    from tinyvlm.data.records import Record
+    keys = [f"{i:04x}.png" for i in range(2000)]
+    streamed = {k for k in keys if held_out(Record(images=[f"some/dir/{k}"], text=""))}
+    assert 60 < len(streamed) < 140  # about 5%
+    assert pick_validation(reversed(keys), len(streamed) / len(keys)) == streamed
+    assert pick_validation(keys, len(streamed) / len(keys), seed=1) != streamed
+    assert pick_validation(["a.png", "b.png"], 0.01) in ({"a.png"}, {"b.png"})  # one each side

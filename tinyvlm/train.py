@@ -14,7 +14,6 @@ import math
 import random
 import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +27,7 @@ from .checkpoint import RUN_CHECKPOINT, atomic_dir, cpu_state, read_json
 from .concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
 from .config import VLMConfig, get_preset
 from .data.batches import TASKS, Collator, Example, record_to_example
-from .data.dataset import RecordSource, open_records
+from .data.dataset import RecordSource, held_out, open_records
 from .data.images import to_tensor
 from .data.records import Record
 from .errors import TinyVLMError
@@ -131,11 +130,6 @@ def bf16_supported(device: torch.device) -> bool:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
     return False
-
-
-def held_out(record: Record, fraction: float = 0.05) -> bool:
-    """A stable, by-image validation split for data that comes without one."""
-    return zlib.crc32(Path(record.images[0]).name.encode()) % 10_000 < fraction * 10_000
 
 
 def lr_at(step: int, progress: float, total: int, cfg: TrainConfig) -> float:
