@@ -90,13 +90,14 @@ def test_each_step_teaches_one_task_so_batches_are_not_padding(tmp_path):
     from tinyvlm.data.batches import PROMPTS, record_to_example
     from tinyvlm.data.world import write_world
     from tinyvlm.tokenizer import PAD_ID
-    from tinyvlm.train import Stream, Trainer
+    from tinyvlm.train import Stream, Trainer, VLMStage
     data = write_world(tmp_path / "w", 64, size=32, seed=0, progress=False, workers=1)
     tr = Trainer(_cfg(tmp_path, data, tasks=("short", "long", "qa"), batch_size=16))
+    stage = VLMStage(tr)
     records = iter(Stream(tr.train_src, tr.cfg))
     padding = []
     for step, task in enumerate(["short", "long", "qa", "short"]):
-        examples = tr.batch_examples(records, step)
+        examples = stage.batch_examples(records, step)
         prompts = {e.prompt.split("> ", 1)[-1] for e in examples}
         if task == "qa":
             assert not prompts & set(PROMPTS.values())  # questions only
