@@ -121,3 +121,32 @@ def test_training_and_import_split_by_the_same_ranking():
     assert pick_validation(reversed(keys), len(streamed) / len(keys)) == streamed
     assert pick_validation(keys, len(streamed) / len(keys), seed=1) != streamed
     assert pick_validation(["a.png", "b.png"], 0.01) in ({"a.png"}, {"b.png"})  # one each side
+
+
+def test_augmentation_is_drawn_afresh_for_each_micro_batch(tmp_path, shapes, monkeypatch):
+    """With --augment and --grad-accum 2, the two micro-batches of a step are jittered differently,
+    and every step differently again."""
+    import copy
+
+    from tinyvlm.data.batches import Collator
+    draws, real = [], Collator.__call__
+
+    def spy(self, examples, rng=None):
+        if rng is not None:
+            draws.append(copy.deepcopy(rng).random())  # the first number this batch's jitter draws
+        return real(self, examples, rng)
+
+    monkeypatch.setattr(Collator, "__call__", spy)
+    train(_cfg(tmp_path, shapes, steps=3, batch_size=4, grad_accum=2, augment=True))
+    assert len(draws) == 6 and len(set(draws)) == 6, draws
+
+
+def test_the_concept_stage_accumulates_micro_batches(tmp_path, shapes):
+    """--grad-accum 2 in the concept stage: each step reads two micro-batches of records."""
+    make_shapes_dataset(tmp_path / "val", n=8, seed=1)
+    for accum in (1, 2):
+        out = tmp_path / f"run{accum}"
+        train(_cfg(tmp_path, shapes, out=str(out), val_data=str(tmp_path / "val/data.jsonl"), steps=4, batch_size=4,
+                   grad_accum=accum, concept_pretrain=0.5, save_every=100))
+        state = json.loads((out / "concepts" / "state.json").read_text())
+        assert (state["step"], state["epoch"], state["pos"]) == (2, 0, 8 * accum)

@@ -156,7 +156,9 @@ class VLMStage(Stage):
 
     def forward(self, records: Records, micro: int):
         examples = self.batch_examples(records, self.step)
-        aug_rng = random.Random(f"aug:{self.cfg.seed}:{self.step}") if self.cfg.augment else None
+        aug_rng = None
+        if self.cfg.augment:  # fresh draws for each micro-batch (the first keeps the seed of a step)
+            aug_rng = random.Random(f"aug:{self.cfg.seed}:{self.step}" + (f":{micro}" if micro else ""))
         batch = self.trainer.collate(examples, aug_rng)
         return self.loss(batch), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
 
