@@ -1,6 +1,7 @@
 """Training: a nano model learns a tiny dataset; interrupted runs resume exactly; bad resumes fail."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,26 @@ def test_the_concept_stage_accumulates_micro_batches(tmp_path, shapes):
                    grad_accum=accum, concept_pretrain=0.5, save_every=100))
         state = json.loads((out / "concepts" / "state.json").read_text())
         assert (state["step"], state["epoch"], state["pos"]) == (2, 0, 8 * accum)
+
+
+def test_a_broken_picture_is_skipped_and_named_once_and_resume_gets_past_it(tmp_path, shapes, monkeypatch, capsys):
+    """A JSONL naming one unreadable picture among good ones: both stages train on the rest, the
+    picture is named once on stderr and once in metrics.jsonl, and a resume does not stop at it
+    (nor name it again). A validation set with a broken picture validates on the others."""
+    from conftest import interrupt_training
+    (shapes.parent / "images/bad.png").write_bytes(b"this is not a png")
+    with open(shapes, "a") as f:
+        f.write(json.dumps({"image": "images/bad.png", "text": "a red square on a white page."}) + "\n")
+    val = make_shapes_dataset(tmp_path / "val", n=8, seed=1)
+    (val.parent / "images/000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut short")
+    cfg = _cfg(tmp_path, shapes, val_data=str(val), steps=24, concept_pretrain=0.25, save_every=5, eval_every=5)
+    interrupt_training(monkeypatch, cfg, lambda row: row.get("stage") is None and row.get("step") == 10)
+    train(cfg, resume=True)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert [sum(name in l for l in lines) for name in ("bad.png", "000.png")] == [1, 1], err
+    rows = _metrics(tmp_path / "run")
+    named = sorted(Path(r["skipped_image"]).name for r in rows if "skipped_image" in r)
+    assert named == ["000.png", "bad.png"], named
+    assert [r["step"] for r in rows if "loss" in r][-1] == 18  # the VLM stage's 18 steps, all done
+    assert any("val_loss" in r for r in rows) and any("val_concept_f1" in r for r in rows)

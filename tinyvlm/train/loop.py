@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .run import Trainer
 
 STATE, OPTIMIZER, METRICS, LOSS_PNG = "state.json", "optimizer.safetensors", "metrics.jsonl", "loss.png"
+SKIPPED = "skipped_image"  # the metrics.jsonl key naming a picture that could not be read
 
 Records = Iterator[tuple[Record, random.Random]]
 
@@ -65,7 +66,8 @@ class Stream:
                 yielded = True
                 yield r, random.Random(f"{self.cfg.seed}:{self.epoch}:{self.pos}")
             if whole_epoch and not yielded:  # every record is held out: fail, don't spin forever
-                raise TinyVLMError("no training records left after holding out the validation split")
+                raise TinyVLMError("no training records left after holding out the validation split "
+                                   "and skipping those this stage cannot use")
             self.epoch, self.pos = self.epoch + 1, 0
 
 
@@ -107,8 +109,22 @@ class Stage:
         return {}
 
     def skips(self, record: Record) -> bool:
-        """Records this stage does not learn from (e.g. the held-out validation pictures)."""
-        return self.trainer.skip is not None and self.trainer.skip(record)
+        """Records this stage does not learn from: the held-out validation pictures, and records
+        whose pictures cannot be read."""
+        return (self.trainer.skip is not None and self.trainer.skip(record)) or not self.readable(record)
+
+    def readable(self, record: Record) -> bool:
+        """False for a record with a picture that cannot be read; the first time a run meets that
+        picture, it says so on stderr and in metrics.jsonl (a resumed run remembers)."""
+        broken = self.trainer.unreadable(record)
+        if broken is None:
+            return True
+        path, why = broken
+        if path not in self.trainer.reported:
+            self.trainer.reported.add(path)
+            tqdm.write(f"tinyvlm: skipping the records of a picture that cannot be read: {why}", file=sys.stderr)
+            self.log(step=self.step, **{SKIPPED: path}, reason=why)
+        return False
 
     def estimate_steps(self, records: Records) -> int | None:
         """How many steps a minutes budget buys, or None to warm up over cfg.warmup steps."""

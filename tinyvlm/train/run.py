@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from PIL import Image
 
 from ..api import TinyVLM, pick_device
 from ..checkpoint import RUN_CHECKPOINT, read_json
@@ -25,7 +26,7 @@ from ..errors import TinyVLMError
 from ..model import VisionLanguageModel
 from ..tokenizer import Tokenizer
 from .config import TrainConfig, precision
-from .loop import LOSS_PNG, METRICS, STATE, run_stage
+from .loop import LOSS_PNG, METRICS, SKIPPED, STATE, run_stage
 from .stages import CONCEPT_STAGE, ConceptStage, VLMStage
 
 
@@ -67,6 +68,8 @@ class Trainer:
                                    "or choose another --out")
             self._fresh()
         self.collate = Collator(self.vlm.tokenizer, self.vlm.cfg, cfg.image_fit)
+        self.broken: dict[str, str] = {}  # picture -> why it cannot be read (each decoded once more at most)
+        self.reported: set[str] = set()   # the broken pictures metrics.jsonl already names
 
     # --- setup ---------------------------------------------------------------------------------
     def _validation_source(self):
@@ -93,6 +96,19 @@ class Trainer:
         if not keep_metrics:
             (self.out / METRICS).write_text("")
 
+    def unreadable(self, record: Record) -> tuple[str, str] | None:
+        """(picture, why) for the first of the record's pictures that cannot be read, else None.
+        Reading goes through the collator's cache, so a good picture is decoded once as before."""
+        for path in record.images:
+            if path not in self.broken:
+                try:
+                    self.collate.images.get(path)
+                    continue
+                except (TinyVLMError, Image.DecompressionBombError) as e:
+                    self.broken[path] = str(e)
+            return path, self.broken[path]
+        return None
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
 
@@ -104,7 +120,9 @@ class Trainer:
     def _trim_metrics(self, keep):
         """Drop metric lines written after the checkpoint, so the log matches the resumed run."""
         lines = (self.out / METRICS).read_text().splitlines() if (self.out / METRICS).exists() else []
-        (self.out / METRICS).write_text("".join(l + "\n" for l in lines if keep(json.loads(l))))
+        rows = [json.loads(l) for l in lines]
+        (self.out / METRICS).write_text("".join(l + "\n" for l, row in zip(lines, rows) if keep(row)))
+        self.reported = {row[SKIPPED] for row in rows if SKIPPED in row and keep(row)}
 
     # --- the stages ----------------------------------------------------------------------------
     def run(self) -> TinyVLM:

@@ -52,7 +52,7 @@ class ConceptStage(Stage):
             self._build()
         self.index = {c: i for i, c in enumerate(self.vocab)}
         n = self.cfg.eval_batches * self.cfg.batch_size
-        self.val = list(itertools.islice(filter(usable, trainer.validation_records()), n))
+        self.val = list(itertools.islice((r for r in trainer.validation_records() if usable(r) and self.readable(r)), n))
 
     def _build(self):
         t = self.trainer
@@ -124,7 +124,7 @@ class VLMStage(Stage):
     def _val_examples(self) -> list[list[Example]]:
         rng = random.Random(self.cfg.seed)
         n = self.cfg.eval_batches * self.cfg.batch_size
-        recs = list(itertools.islice(self.trainer.validation_records(), n))
+        recs = list(itertools.islice(filter(self.readable, self.trainer.validation_records()), n))
         if not recs:
             return []
         ex = [record_to_example(r, rng, self.cfg.tasks) for r in recs]
