@@ -78,6 +78,7 @@ class Stage:
     `validate`, `write_weights`, and where it has them `extra_state`, `skips`, `estimate_steps`,
     `validated` and `train_mode`."""
     name: str
+    label = ""  # on the progress bar (default: name)
     tag: dict = {}
     loss_key = "loss"
     earlier: tuple[str, ...] = ()
@@ -188,7 +189,7 @@ def run_stage(stage: Stage):
     stream = stage.stream(stage.epoch, stage.pos)
     records = iter(stream)
     stage.train_mode()
-    bar = tqdm(total=stage.total_steps, initial=stage.step, disable=not cfg.progress, unit="step", desc=stage.name,
+    bar = tqdm(total=stage.total_steps, initial=stage.step, disable=not cfg.progress, unit="step", desc=stage.label or stage.name,
                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10)
     window: dict = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
     start, start_elapsed = time.perf_counter(), stage.elapsed

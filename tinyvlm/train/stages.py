@@ -107,7 +107,7 @@ class ConceptStage(Stage):
 class VLMStage(Stage):
     """The whole model (or all but a frozen encoder) learns to write each record's text after its
     prompt. Validation: the mean loss over fixed held-out batches."""
-    name, earlier = RUN_CHECKPOINT, (CONCEPT_STAGE,)
+    name, label, earlier = RUN_CHECKPOINT, "vlm", (CONCEPT_STAGE,)
 
     def __init__(self, trainer: "Trainer"):
         super().__init__(trainer, *trainer.cfg.stage_budgets()["vlm"])
