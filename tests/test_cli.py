@@ -81,3 +81,45 @@ def test_describe_and_ask_run_from_the_shell(model_dir):
     assert out.stdout.count(img) == 2  # one line per image
     info = subprocess.run(run + ["info", "--model", str(model_dir / "run")], capture_output=True, text=True, check=True)
     assert "total" in info.stdout and "image tokens" in info.stdout
+
+
+def _commands(parser, path=()):
+    """Every (command path, parser) below `parser`, itself included."""
+    import argparse
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, path + (name,))
+
+
+def test_every_option_of_every_command_explains_itself():
+    """Each option has a help line; each that takes a value says its default (argparse adds the
+    ones it knows; the help says the others, e.g. "the preset's")."""
+    import argparse
+
+    from tinyvlm.cli import build_parser
+    missing, no_default, n = [], [], 0
+    for path, parser in _commands(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
+                continue
+            n += 1
+            name = " ".join(path + (action.option_strings[0] if action.option_strings else action.dest,))
+            if not (action.help or "").strip():
+                missing.append(name)
+                continue
+            takes_value = action.option_strings and action.nargs != 0 and not action.required
+            if takes_value and "default" not in formatter._get_help_string(action):
+                no_default.append(name)
+    assert n > 80 and not missing and not no_default, (missing, no_default)
+
+
+def test_version_and_python_dash_m(capsys):
+    import tinyvlm
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"tinyvlm {tinyvlm.__version__}"
+    out = subprocess.run([sys.executable, "-m", "tinyvlm", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"tinyvlm {tinyvlm.__version__}"

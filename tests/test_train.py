@@ -1,6 +1,7 @@
 """Training: a nano model learns a tiny dataset; interrupted runs resume exactly; bad resumes fail."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -90,13 +91,14 @@ def test_each_step_teaches_one_task_so_batches_are_not_padding(tmp_path):
     from tinyvlm.data.batches import PROMPTS, record_to_example
     from tinyvlm.world import write_world
     from tinyvlm.tokenizer import PAD_ID
-    from tinyvlm.train import Stream, Trainer
+    from tinyvlm.train import Stream, Trainer, VLMStage
     data = write_world(tmp_path / "w", 64, size=32, seed=0, progress=False, workers=1)
     tr = Trainer(_cfg(tmp_path, data, tasks=("short", "long", "qa"), batch_size=16))
+    stage = VLMStage(tr)
     records = iter(Stream(tr.train_src, tr.cfg))
     padding = []
     for step, task in enumerate(["short", "long", "qa", "short"]):
-        examples = tr.batch_examples(records, step)
+        examples = stage.batch_examples(records, step)
         prompts = {e.prompt.split("> ", 1)[-1] for e in examples}
         if task == "qa":
             assert not prompts & set(PROMPTS.values())  # questions only
@@ -107,3 +109,68 @@ def test_each_step_teaches_one_task_so_batches_are_not_padding(tmp_path):
     assert max(padding) < 0.25, padding
     mixed = [record_to_example(r, rng) for r, rng in (next(records) for _ in range(16))]
     assert (tr.collate(mixed)["input_ids"] == PAD_ID).float().mean() > 0.35  # what one task a step saves
+
+
+def test_training_and_import_split_by_the_same_ranking():
+    """One validation split: the pictures training holds out while streaming are exactly the lowest
+    ranks the importer takes when asked for that many; another seed picks other pictures."""
+    from tinyvlm.data.dataset import held_out, pick_validation
+    from tinyvlm.data.records import Record
+    keys = [f"{i:04x}.png" for i in range(2000)]
+    streamed = {k for k in keys if held_out(Record(images=[f"some/dir/{k}"], text=""))}
+    assert 60 < len(streamed) < 140  # about 5%
+    assert pick_validation(reversed(keys), len(streamed) / len(keys)) == streamed
+    assert pick_validation(keys, len(streamed) / len(keys), seed=1) != streamed
+    assert pick_validation(["a.png", "b.png"], 0.01) in ({"a.png"}, {"b.png"})  # one each side
+
+
+def test_augmentation_is_drawn_afresh_for_each_micro_batch(tmp_path, shapes, monkeypatch):
+    """With --augment and --grad-accum 2, the two micro-batches of a step are jittered differently,
+    and every step differently again."""
+    import copy
+
+    from tinyvlm.data.batches import Collator
+    draws, real = [], Collator.__call__
+
+    def spy(self, examples, rng=None):
+        if rng is not None:
+            draws.append(copy.deepcopy(rng).random())  # the first number this batch's jitter draws
+        return real(self, examples, rng)
+
+    monkeypatch.setattr(Collator, "__call__", spy)
+    train(_cfg(tmp_path, shapes, steps=3, batch_size=4, grad_accum=2, augment=True))
+    assert len(draws) == 6 and len(set(draws)) == 6, draws
+
+
+def test_the_concept_stage_accumulates_micro_batches(tmp_path, shapes):
+    """--grad-accum 2 in the concept stage: each step reads two micro-batches of records."""
+    make_shapes_dataset(tmp_path / "val", n=8, seed=1)
+    for accum in (1, 2):
+        out = tmp_path / f"run{accum}"
+        train(_cfg(tmp_path, shapes, out=str(out), val_data=str(tmp_path / "val/data.jsonl"), steps=4, batch_size=4,
+                   grad_accum=accum, concept_pretrain=0.5, save_every=100))
+        state = json.loads((out / "concepts" / "state.json").read_text())
+        assert (state["step"], state["epoch"], state["pos"]) == (2, 0, 8 * accum)
+
+
+def test_a_broken_picture_is_skipped_and_named_once_and_resume_gets_past_it(tmp_path, shapes, monkeypatch, capsys):
+    """A JSONL naming one unreadable picture among good ones: both stages train on the rest, the
+    picture is named once on stderr and once in metrics.jsonl, and a resume does not stop at it
+    (nor name it again). A validation set with a broken picture validates on the others."""
+    from conftest import interrupt_training
+    (shapes.parent / "images/bad.png").write_bytes(b"this is not a png")
+    with open(shapes, "a") as f:
+        f.write(json.dumps({"image": "images/bad.png", "text": "a red square on a white page."}) + "\n")
+    val = make_shapes_dataset(tmp_path / "val", n=8, seed=1)
+    (val.parent / "images/000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"cut short")
+    cfg = _cfg(tmp_path, shapes, val_data=str(val), steps=24, concept_pretrain=0.25, save_every=5, eval_every=5)
+    interrupt_training(monkeypatch, cfg, lambda row: row.get("stage") is None and row.get("step") == 10)
+    train(cfg, resume=True)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert [sum(name in l for l in lines) for name in ("bad.png", "000.png")] == [1, 1], err
+    rows = _metrics(tmp_path / "run")
+    named = sorted(Path(r["skipped_image"]).name for r in rows if "skipped_image" in r)
+    assert named == ["000.png", "bad.png"], named
+    assert [r["step"] for r in rows if "loss" in r][-1] == 18  # the VLM stage's 18 steps, all done
+    assert any("val_loss" in r for r in rows) and any("val_concept_f1" in r for r in rows)

@@ -1,3 +1,7 @@
-from .cli import main
+"""`python -m tinyvlm` (and `torchrun -m tinyvlm`): the same command line as `tinyvlm`."""
 import sys
-sys.exit(main())
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,14 +12,28 @@ from .config import STEMS
 from .errors import TinyVLMError
 
 
-def _add_sampling(p: argparse.ArgumentParser):
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Ends each option's help with its default, except where the help says it already or there
+    is none to say (a flag, a required option, a default of None)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.required or any(action.default is x for x in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+def _add_sampling(p: argparse.ArgumentParser, max_new: str):
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", type=int, default=None)
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help=f"most tokens to write (default: {max_new})")
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K most likely tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="sample from the fewest tokens whose probabilities add up to P (1 = all)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="above 1, tokens already in the text become less likely (CTRL-style; 1 = off)")
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling (default: none, so sampled text is not reproducible)")
     g.add_argument("--ground", type=float, default=0.0, metavar="P",
                    help="never name a thing the model's concept head rates below probability P "
                         "(0 = off; 0.5, the head's own decision, is the recipe's)")
@@ -125,124 +139,174 @@ def cmd_demo(a):
     run_demo(a.out, minutes=a.minutes, preset=a.preset, n_train=a.n_train, n_test=a.n_test, seed=a.seed)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tinyvlm", description="Build, train, run and evaluate small vision-language models.")
-    sub = p.add_subparsers(dest="command", required=True)
+# the train options that map onto TrainConfig fields: (flag, type, what it is, in which unit)
+TRAIN_OPTIONS = (
+    ("image-size", int, "input picture size, in pixels"),
+    ("patch-size", int, "image patch size, in pixels"),
+    ("pixel-shuffle", int, "merge each FxF block of image tokens into one before the decoder (factor F)"),
+    ("max-len", int, "the decoder's context, in tokens"),
+    ("dropout", float, "dropout probability"),
+    ("vocab-size", int, "BPE vocabulary to aim for, in tokens (the real size is what the training text supports)"),
+    ("batch-size", int, "records per micro-batch"),
+    ("grad-accum", int, "micro-batches per optimizer step (the effective batch is batch-size x grad-accum)"),
+    ("lr", float, "peak learning rate, reached after warmup, then cosine decay to a tenth"),
+    ("warmup", int, "linear warmup, in optimizer steps (at most a tenth of the budget)"),
+    ("weight-decay", float, "AdamW weight decay on matrices and embeddings"),
+    ("grad-clip", float, "clip the gradient's global L2 norm to this"),
+    ("seed", int, "seed of data order, initialisation, dropout and augmentation"),
+    ("eval-every", int, "validate every N optimizer steps"),
+    ("save-every", int, "checkpoint every N optimizer steps"),
+    ("log-every", int, "write a metrics.jsonl row every N optimizer steps"),
+    ("eval-batches", int, "validation batches, of --batch-size records each"),
+)
 
-    s = sub.add_parser("info", help="parameter count by component, for a preset or a trained model")
-    s.add_argument("--preset", default="mini")
-    s.add_argument("--model", help="a trained model directory (instead of --preset)")
-    s.add_argument("--vocab-size", type=int, default=None, help="default: the preset's reference size")
-    s.add_argument("--image-size", type=int, default=None)
-    s.add_argument("--patch-size", type=int, default=None)
-    s.add_argument("--stem", choices=STEMS, default=None)
+
+def _train_default(name: str) -> str:
+    """What TrainConfig does when an option is not given, for the help line."""
+    from .train import TrainConfig
+    default = {f.name: f.default for f in fields(TrainConfig)}[name]
+    return "the preset's" if default is None else str(default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tinyvlm", formatter_class=_Help,
+                                description="Build, train, run and evaluate small vision-language models.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"tinyvlm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(parent, name: str, help_: str) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help_, description=help_, formatter_class=_Help)
+
+    s = command(sub, "info", "parameter count by component, for a preset or a trained model")
+    s.add_argument("--preset", default="mini", help="model size: nano, mini, base or large")
+    s.add_argument("--model", help="a trained model or run directory (default: none, --preset is counted)")
+    s.add_argument("--vocab-size", type=int, default=None, help="vocabulary, in tokens (default: the preset's reference size)")
+    s.add_argument("--image-size", type=int, default=None, help="input picture size, in pixels (default: the preset's)")
+    s.add_argument("--patch-size", type=int, default=None, help="image patch size, in pixels (default: the preset's)")
+    s.add_argument("--stem", choices=STEMS, default=None, help="the encoder's patch embedding (default: the preset's)")
     s.set_defaults(fn=cmd_info)
 
-    s = sub.add_parser("train", help="train a model on a JSONL file or a dataset folder")
+    s = command(sub, "train", "train a model on a JSONL file or a dataset folder")
     s.add_argument("--data", required=True, help="JSONL of records, or a folder (picture-book world, imported shards)")
     s.add_argument("--out", required=True, help="run directory (checkpoint/, metrics.jsonl, loss.png)")
-    s.add_argument("--preset", default="mini")
-    s.add_argument("--val-data", dest="val_data")
+    s.add_argument("--preset", default="mini", help="model size: nano, mini, base or large")
+    s.add_argument("--val-data", dest="val_data", metavar="PATH",
+                   help="validation records (default: DATA's val/ split, else 5%% of DATA's pictures, "
+                        "held out by a hash of their file names)")
     budget = s.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--steps", type=int)
-    budget.add_argument("--minutes", type=float)
+    budget.add_argument("--steps", type=int, help="training budget, in optimizer steps (no default: give this or --minutes)")
+    budget.add_argument("--minutes", type=float,
+                        help="training budget, in wall-clock minutes (no default: give this or --steps)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    for name, typ in (("image-size", int), ("patch-size", int), ("pixel-shuffle", int), ("max-len", int),
-                      ("dropout", float), ("vocab-size", int), ("batch-size", int), ("grad-accum", int),
-                      ("lr", float), ("warmup", int), ("weight-decay", float), ("grad-clip", float),
-                      ("seed", int), ("eval-every", int), ("save-every", int), ("log-every", int),
-                      ("eval-batches", int)):
-        s.add_argument("--" + name, type=typ, dest=name.replace("-", "_"))
+    for name, typ, what in TRAIN_OPTIONS:
+        dest = name.replace("-", "_")
+        s.add_argument("--" + name, type=typ, dest=dest, help=f"{what} (default: {_train_default(dest)})")
     s.add_argument("--stem", choices=STEMS, help="the image encoder's patch embedding: one linear "
-                   "map per patch (patch, the presets' default) or small 3x3 convolutions (conv)")
+                   "map per patch (patch) or small 3x3 convolutions (conv) (default: the preset's)")
     s.add_argument("--concept-pretrain", type=float, dest="concept_pretrain", metavar="SHARE",
                    help="first spend this share of the budget teaching the image encoder the data's concepts "
-                        "(scene graphs or caption words), e.g. 0.2; default 0")
+                        "(scene graphs or caption words), e.g. 0.2 (default: 0, no concept stage)")
     s.add_argument("--freeze-encoder", action="store_true", default=None, dest="freeze_encoder",
                    help="with --concept-pretrain: keep the encoder as that stage left it while the VLM "
                         "learns to read it")
-    s.add_argument("--tasks", help="comma list of short,long,qa (picture-book data); default all")
-    s.add_argument("--augment", action="store_true", default=None)
-    s.add_argument("--image-fit", dest="image_fit", choices=["pad", "crop"])
-    s.add_argument("--dtype", choices=["auto", "fp32", "bf16"])
-    s.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
+    s.add_argument("--tasks", help="comma list of short,long,qa: what picture-book records teach (default: all three)")
+    s.add_argument("--augment", action="store_true", default=None,
+                   help="jitter each training picture a little (scale, shift, brightness; never flipped)")
+    s.add_argument("--image-fit", dest="image_fit", choices=["pad", "crop"],
+                   help="how a picture that is not square becomes one (default: pad)")
+    s.add_argument("--dtype", choices=["auto", "fp32", "bf16"],
+                   help="precision; auto = bf16 autocast where the hardware has it, else fp32 (default: auto)")
+    s.add_argument("--device", default=None, help="auto, cpu, cuda or mps (default: auto: CUDA, then MPS, then the CPU)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_train)
 
+    from .data.batches import MAX_TOKENS
     for name, fn, help_ in (("describe", cmd_describe, "describe one or more images"),
                             ("ask", cmd_ask, "answer a question about an image")):
-        s = sub.add_parser(name, help=help_)
+        s = command(sub, name, help_)
         if name == "describe":
-            s.add_argument("images", nargs="+")
-            s.add_argument("--style", choices=["short", "long"], default="short")
-            s.add_argument("--prefix", default="", help="first words of the description; the model continues")
+            s.add_argument("images", nargs="+", help="image files")
+            s.add_argument("--style", choices=["short", "long"], default="short",
+                           help="a short description or a little story")
+            s.add_argument("--prefix", default="", help="first words of the description; the model continues (default: none)")
+            max_new = ", ".join(f"{n} for {k}" for k, n in MAX_TOKENS.items())
         else:
-            s.add_argument("image")
-            s.add_argument("question")
+            s.add_argument("image", help="an image file")
+            s.add_argument("question", help="the question, in quotes")
+            max_new = "16"
         s.add_argument("--model", required=True, help="model or run directory")
-        s.add_argument("--device", default="cpu")
-        _add_sampling(s)
+        s.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+        _add_sampling(s, max_new)
         s.set_defaults(fn=fn)
 
-    data = sub.add_parser("data", help="make or import datasets").add_subparsers(dest="data_command", required=True)
-    s = data.add_parser("world", help="generate picture-book world scenes with descriptions and questions")
-    s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--size", type=int, default=64, help="image size in pixels (32..512)")
+    data = command(sub, "data", "make or import datasets").add_subparsers(dest="data_command", required=True,
+                                                                         metavar="DATA_COMMAND")
+    s = command(data, "world", "generate picture-book world scenes with descriptions and questions")
+    s.add_argument("--n", type=int, default=1000, help="number of scenes")
+    s.add_argument("--size", type=int, default=64, help="image size, in pixels (32..512)")
     s.add_argument("--max-things", type=int, default=6, help="at most this many things a picture (1..6)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--seed", type=int, default=0, help="seed of the scenes (scene i comes from (seed, i))")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_data_world)
 
-    s = data.add_parser("import", help="validate, dedupe, split and shard a dataset you have")
-    s.add_argument("src")
-    s.add_argument("--format", default="auto", choices=["auto", "coco", "csv", "jsonl", "folder", "webdataset"])
-    s.add_argument("--out", required=True)
+    s = command(data, "import", "validate, dedupe, split and shard a dataset you have")
+    s.add_argument("src", help="a COCO captions JSON, a CSV, a JSONL, a folder of pictures and .txt captions, "
+                               "or WebDataset .tar shards")
+    s.add_argument("--format", default="auto", choices=["auto", "coco", "csv", "jsonl", "folder", "webdataset"],
+                   help="the format of SRC; auto guesses it from the file name and contents")
+    s.add_argument("--out", required=True, help="output folder (images/, train/, val/, import.json)")
     s.add_argument("--images", default=None, help="image folder for COCO/CSV (default: images/ beside the file)")
-    s.add_argument("--val-fraction", type=float, default=0.1)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shard-size", type=int, default=5000)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--val-fraction", type=float, default=0.1, help="share of the pictures held out for validation, 0 <= share < 1")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the split (0 ranks pictures by their bare names, as training's own split does)")
+    s.add_argument("--shard-size", type=int, default=5000, help="records per shard file")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(fn=cmd_data_import)
 
-    s = data.add_parser("rewrite", help="rewrite reference captions in a young child's words through an LLM endpoint")
+    s = command(data, "rewrite", "rewrite reference captions in a young child's words through an LLM endpoint")
     s.add_argument("src", help="records with references (JSONL or an imported dataset folder)")
-    s.add_argument("--split", default="train")
+    s.add_argument("--split", default="train", help="which split of an imported folder to read")
     s.add_argument("--out", required=True, help="output JSONL; a rerun resumes where it stopped")
     s.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
-    s.add_argument("--model", required=True)
-    s.add_argument("--style", choices=["short", "long"], default="short")
-    s.add_argument("--api-key-env", default="OPENAI_API_KEY")
-    s.add_argument("--vocab", default=None, help="word list (one per line); default: the child vocabulary shipped")
+    s.add_argument("--model", required=True, help="the endpoint's model name")
+    s.add_argument("--style", choices=["short", "long"], default="short", help="a short description or a little story")
+    s.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    s.add_argument("--vocab", default=None, help="word list (one per line) (default: the child vocabulary shipped)")
     s.add_argument("--send-image", action="store_true", help="send the picture too (vision models)")
-    s.add_argument("--timeout", type=float, default=60)
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--timeout", type=float, default=60, help="seconds to wait for each answer")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_data_rewrite)
 
-    s = sub.add_parser("eval", help="evaluate a model: rubric, grounded metrics, caption metrics, VQA, probes, baselines")
-    s.add_argument("--model", required=True)
+    s = command(sub, "eval", "evaluate a model: rubric, grounded metrics, caption metrics, VQA, probes, baselines")
+    s.add_argument("--model", required=True, help="model or run directory")
     s.add_argument("--data", required=True, help="evaluation records (a world folder, an imported dataset's val split, a JSONL)")
-    s.add_argument("--out", default=None, help="write results.json and report.md/.html here")
-    s.add_argument("--judge", choices=["grounded", "llm", "captions"], default="grounded")
+    s.add_argument("--out", default=None, help="write results.json and report.md/.html here (default: print only)")
+    s.add_argument("--judge", choices=["grounded", "llm", "captions"], default="grounded",
+                   help="grounded: checked against picture-book scenes; llm: an LLM endpoint; captions: BLEU/CIDEr/...")
     s.add_argument("--n", type=int, default=200, help="records to evaluate")
     s.add_argument("--styles", default="short", help="short, long or short,long")
-    s.add_argument("--train-data", dest="train_data", help="training data for memorisation and the nearest-neighbour baseline")
-    s.add_argument("--no-baselines", action="store_true")
-    s.add_argument("--llm-base-url", dest="llm_base_url")
-    s.add_argument("--llm-model", dest="llm_model")
-    s.add_argument("--llm-api-key-env", dest="llm_api_key_env", default="OPENAI_API_KEY")
+    s.add_argument("--train-data", dest="train_data",
+                   help="training data for memorisation and the nearest-neighbour baseline "
+                        "(default: the data the model was trained on)")
+    s.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    s.add_argument("--llm-base-url", dest="llm_base_url", help="with --judge llm: OpenAI-compatible endpoint (no default)")
+    s.add_argument("--llm-model", dest="llm_model", help="with --judge llm: the endpoint's model name (no default)")
+    s.add_argument("--llm-api-key-env", dest="llm_api_key_env", default="OPENAI_API_KEY",
+                   help="environment variable holding the judge's API key")
     s.add_argument("--ground", type=float, default=0.0, metavar="P",
                    help="grounded decoding for every run: never name a thing the concept head rates below P "
                         "(0 = off; 0.5 is the recipe's)")
     s.set_defaults(fn=cmd_eval)
 
-    s = sub.add_parser("demo", help="the 10-minute tour: make data, train, describe held-out pictures, score")
-    s.add_argument("--out", default="runs/demo")
-    s.add_argument("--minutes", type=float, default=8.0)
-    s.add_argument("--preset", default="mini")
-    s.add_argument("--n-train", type=int, default=4000)
-    s.add_argument("--n-test", type=int, default=100)
-    s.add_argument("--seed", type=int, default=0)
+    s = command(sub, "demo", "the 10-minute tour: make data, train, describe held-out pictures, score")
+    s.add_argument("--out", default="runs/demo", help="folder for the data, the model and the report")
+    s.add_argument("--minutes", type=float, default=8.0, help="training budget, in wall-clock minutes")
+    s.add_argument("--preset", default="mini", help="model size: nano, mini, base or large")
+    s.add_argument("--n-train", type=int, default=4000, help="picture-book scenes to train on")
+    s.add_argument("--n-test", type=int, default=100, help="picture-book scenes to test on (seed + 1)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the training scenes and the run")
     s.set_defaults(fn=cmd_demo)
     return p
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -22,6 +23,39 @@ from .records import Record, iter_jsonl, write_jsonl
 
 SHARD_GLOB = "shard-*.jsonl"
 SHARD_FILES = owned_names((SHARD_GLOB, "index.json"))  # all that a split's folder holds
+HELD_OUT = 0.05  # the share of pictures training validates on when the data comes without a val split
+
+
+# --- the one validation split ------------------------------------------------------------------
+# Records are split by picture (their first image's file name), so every caption of a picture lands
+# on the same side. Each picture gets a stable rank from a hash of its name; the validation side is
+# the lowest ranks. Training applies it as a threshold, record by record, while streaming
+# (`held_out`); the importer, which sees every picture first, takes an exact count of the lowest
+# ranks (`pick_validation`). Seed 0 ranks by the bare name, so both pick the same pictures first.
+
+def split_key(record: Record) -> str:
+    return Path(record.images[0]).name
+
+
+def split_rank(key: str, seed: int = 0) -> int:
+    """A picture's place in the split order, 0..9999: crc32 of its name (salted by a nonzero seed),
+    stable across runs, machines and input order."""
+    return zlib.crc32((f"{seed}:{key}" if seed else key).encode()) % 10_000
+
+
+def held_out(record: Record, fraction: float = HELD_OUT, seed: int = 0) -> bool:
+    """Is this record's picture on the validation side? (streaming form: about `fraction` of them)"""
+    return split_rank(split_key(record), seed) < fraction * 10_000
+
+
+def pick_validation(keys: Iterable[str], fraction: float, seed: int = 0) -> set[str]:
+    """The validation pictures among `keys` (exact form): the round(fraction * n) lowest ranks, at
+    least one if any are asked for, and at least one left for training."""
+    ranked = sorted(set(keys), key=lambda k: (split_rank(k, seed), k))
+    n_val = round(len(ranked) * fraction)
+    if fraction > 0 and len(ranked) > 1:
+        n_val = min(max(n_val, 1), len(ranked) - 1)
+    return set(ranked[:n_val])
 
 
 class RecordSource:

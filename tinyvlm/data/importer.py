@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from ..errors import TinyVLMError
 from ..files import remove_owned, write_atomic
-from .dataset import SHARD_FILES, write_shards
+from .dataset import SHARD_FILES, pick_validation, split_key, write_shards
 from .images import load_image
 from .readers import ImportReport, guess_format, read_any
 from .records import Record, iter_jsonl, write_jsonl
@@ -59,10 +58,10 @@ def import_dataset(src: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
         if report.records == 0:
             first = f" (first problem: {report.problems[0]})" if report.problems else ""
             raise TinyVLMError(f"no usable records in {src}{first}")
-        val_keys = _pick_val(split_keys, val_fraction, seed)
+        val_keys = pick_validation(split_keys, val_fraction, seed)
 
         def split(name: str) -> Iterator[Record]:
-            return (r for r in iter_jsonl(staged) if (_split_key(r) in val_keys) == (name == "val"))
+            return (r for r in iter_jsonl(staged) if (split_key(r) in val_keys) == (name == "val"))
 
         report.train = write_shards(split("train"), out, "train", shard_size)
         if val_keys:
@@ -102,7 +101,7 @@ def _validated(records: Iterable[Record], images_dir: Path, report: ImportReport
                 if not stored[h].exists():
                     _copy(p, stored[h])
         r = replace(r, images=[str(stored[h]) for h in hashes])
-        split_keys.add(_split_key(r))
+        split_keys.add(split_key(r))
         report.records += 1
         report.captions += len(r.references or [r.text])
         report.images = len(stored)
@@ -133,18 +132,3 @@ def _check(path: str, checked: dict[str, str | TinyVLMError]) -> str:
         raise result
     return result
 
-
-def _split_key(r: Record) -> str:
-    """Records are split by their first image's file name (its content hash)."""
-    return Path(r.images[0]).name
-
-
-def _pick_val(keys: set[str], val_fraction: float, seed: int) -> set[str]:
-    """A seeded choice of validation images; sorting first makes it independent of input order.
-    At least one image goes to val (if asked for any) and at least one stays in train."""
-    keys_sorted = sorted(keys)
-    n_val = round(len(keys_sorted) * val_fraction)
-    if val_fraction > 0 and len(keys_sorted) > 1:
-        n_val = min(max(n_val, 1), len(keys_sorted) - 1)
-    random.Random(seed).shuffle(keys_sorted)
-    return set(keys_sorted[:n_val])

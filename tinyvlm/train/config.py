@@ -1,0 +1,127 @@
+"""TrainConfig: every choice a training run makes, checked when it is made, and the rule for
+which of them may change when a run is resumed."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from ..config import VLMConfig, get_preset
+from ..data.batches import TASKS
+from ..errors import TinyVLMError
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    preset: str = "mini"
+    val_data: str | None = None     # default: DATA's val/ split, else 5% of records held out by image
+    image_size: int | None = None   # preset overrides, e.g. 64 px for fast CPU runs
+    patch_size: int | None = None
+    stem: str | None = None         # the encoder's patch embedding: patch (preset default) or conv
+    pixel_shuffle: int | None = None
+    max_len: int | None = None
+    dropout: float | None = None
+    vocab_size: int = 4096          # BPE target; the real size is what the training text supports
+    steps: int | None = None        # budget in optimizer steps ...
+    minutes: float | None = None    # ... or in wall-clock minutes (converted to steps once, then fixed)
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    tasks: tuple[str, ...] = TASKS  # for picture-book records: which texts to teach
+    concept_pretrain: float = 0.0   # share of the budget first spent teaching the encoder concepts
+    freeze_encoder: bool = False    # then keep that encoder fixed while the VLM learns to read it
+    augment: bool = False
+    image_fit: str = "pad"
+    dtype: str = "auto"             # auto | fp32 | bf16
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8
+    save_every: int = 200
+    progress: bool = True
+
+    # fields that may differ between a run and its resumption
+    RUNTIME = ("device", "progress", "log_every")
+
+    def __post_init__(self):
+        if (self.steps is None) == (self.minutes is None):
+            raise TinyVLMError("give a training budget: --steps N or --minutes M (one of them)")
+        if (self.steps is not None and self.steps < 1) or (self.minutes is not None and self.minutes <= 0):
+            raise TinyVLMError("the training budget must be positive")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise TinyVLMError(f"unknown dtype '{self.dtype}': use auto, fp32 or bf16")
+        self.tasks = tuple(self.tasks)
+        bad = set(self.tasks) - set(TASKS)
+        if bad or not self.tasks:
+            raise TinyVLMError(f"unknown task(s) {sorted(bad)}: choose from {', '.join(TASKS)}")
+        if not 0 <= self.concept_pretrain < 1:
+            raise TinyVLMError(f"concept_pretrain is a share of the budget, 0 <= share < 1; got {self.concept_pretrain}")
+        if self.freeze_encoder and not self.concept_pretrain:
+            raise TinyVLMError("freeze_encoder keeps the encoder as the concept stage left it, so it needs "
+                               "concept_pretrain > 0 (a from-scratch encoder would stay random)")
+        if self.steps is not None and self.concept_pretrain:
+            n = round(self.concept_pretrain * self.steps)
+            if not 1 <= n < self.steps:
+                raise TinyVLMError(f"concept_pretrain {self.concept_pretrain} of {self.steps} steps gives {n} to the concept "
+                                   "stage: each stage needs at least one step")
+        self.model_config()  # an unknown preset or a geometry that does not fit -> a clear error now, not after loading data
+
+    def model_config(self, **more) -> VLMConfig:
+        """The preset with this run's model overrides (and `more`, e.g. the tokenizer's vocabulary size)."""
+        return get_preset(self.preset, vit_image_size=self.image_size, vit_patch_size=self.patch_size,
+                          vit_stem=self.stem, mp_pixel_shuffle=self.pixel_shuffle, lm_max_len=self.max_len,
+                          dropout=self.dropout, **more)
+
+    def stage_budgets(self) -> dict[str, tuple[int | None, float | None]]:
+        """(steps, minutes) of each stage: concept_pretrain's share goes to the concept stage."""
+        share = self.concept_pretrain
+        concept_steps = round(share * self.steps) if self.steps else None
+        return {"concepts": (concept_steps, share * self.minutes if self.minutes else None),
+                "vlm": (self.steps - concept_steps if self.steps else None,
+                        (1 - share) * self.minutes if self.minutes else None)}
+
+    def comparable(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME}
+
+    def check_resumable(self, saved: dict):
+        """Refuse to resume a run saved with a different config (fields added since count as their
+        default)."""
+        defaults, now = {f.name: f.default for f in fields(self)}, self.comparable()
+        diff = [k for k in sorted(now) if saved.get(k, defaults.get(k)) != now[k]
+                and not (k == "tasks" and tuple(saved.get(k, ())) == now[k])]
+        if diff:
+            raise TinyVLMError("cannot resume with a different config: " +
+                               ", ".join(f"{k} was {saved.get(k, defaults.get(k))!r}, now {now[k]!r}" for k in diff))
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> tuple[bool, str]:
+    """Whether to train under bf16 autocast, and one line saying what was chosen and why."""
+    native = bf16_supported(device)
+    where = "this CPU" if device.type == "cpu" else f"this {device.type} device"
+    if cfg.dtype == "fp32":
+        return False, f"precision: fp32 on {device.type} (--dtype fp32)"
+    if cfg.dtype == "bf16":
+        return True, f"precision: bf16 autocast on {device.type} (--dtype bf16{'' if native else f'; not native on {where}, slow'})"
+    if native:
+        return True, f"precision: bf16 autocast on {device.type} (native on {where})"
+    return False, f"precision: fp32 on {device.type} (bf16 is not native on {where})"

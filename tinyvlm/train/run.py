@@ -1,0 +1,148 @@
+"""A training run: its data, its model, its folder and its log; the stages take turns in it.
+
+    RUN/concepts/     the concept stage's checkpoint (with --concept-pretrain)
+    RUN/checkpoint/   the model, with optimizer.safetensors and state.json for resuming
+    RUN/metrics.jsonl one row per --log-every steps and per validation
+    RUN/loss.png
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+from ..api import TinyVLM, pick_device
+from ..checkpoint import RUN_CHECKPOINT, read_json
+from ..data.batches import Collator
+from ..data.dataset import RecordSource, held_out, open_records
+from ..data.records import Record
+from ..errors import TinyVLMError
+from ..model import VisionLanguageModel
+from ..tokenizer import Tokenizer
+from .config import TrainConfig, precision
+from .loop import LOSS_PNG, METRICS, SKIPPED, STATE, run_stage
+from .stages import CONCEPT_STAGE, ConceptStage, VLMStage
+
+
+def training_texts(source: RecordSource) -> Iterator[str]:
+    """Every text the model will read or write, for training the tokenizer."""
+    for r in source:  # text is tokenised with a leading space (Tokenizer.encode_text)
+        if r.turns:
+            yield from (text for _, text in r.turns)
+        else:
+            yield r.prompt + " " + r.text
+        yield from r.references or []
+        for key in ("short", "long"):
+            yield from r.extra.get(key, [])
+        for q in r.extra.get("questions", []):
+            yield f"{q['question']} {q['answer']}"
+    yield from (" Describe the picture.", " Tell a little story about the picture.")
+
+
+class Trainer:
+    """Opens the data, builds (or reloads) the model and the run folder, then runs the stages."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = pick_device(cfg.device)
+        self.use_bf16, self.precision = precision(cfg, self.device)
+        self.train_src = open_records(cfg.data, "train")
+        self.val_src, self.skip = self._validation_source()
+        vlm_state, concept_state = self.out / RUN_CHECKPOINT / STATE, self.out / CONCEPT_STAGE / STATE
+        if resume:
+            if vlm_state.is_file():
+                cfg.check_resumable(read_json(vlm_state)["train_config"])
+                self.vlm = TinyVLM.from_pretrained(vlm_state.parent, device=str(self.device))
+            elif concept_state.is_file():  # stopped in the concept stage: the VLM starts as it would have
+                cfg.check_resumable(read_json(concept_state)["train_config"])
+                self._fresh(keep_metrics=True)
+            else:
+                raise TinyVLMError(f"nothing to resume in {self.out}: no checkpoint with training state")
+        else:
+            if vlm_state.is_file() or concept_state.is_file():
+                raise TinyVLMError(f"{self.out} already holds a training run: pass --resume to continue it, "
+                                   "or choose another --out")
+            self._fresh()
+        self.collate = Collator(self.vlm.tokenizer, self.vlm.cfg, cfg.image_fit)
+        self.broken: dict[str, str] = {}  # picture -> why it cannot be read (each decoded once more at most)
+        self.reported: set[str] = set()   # the broken pictures metrics.jsonl already names
+
+    # --- setup ---------------------------------------------------------------------------------
+    def _validation_source(self):
+        cfg = self.cfg
+        if cfg.val_data:
+            return open_records(cfg.val_data, "val"), None
+        if Path(cfg.data).is_dir() and (Path(cfg.data) / "val").is_dir():
+            return open_records(cfg.data, "val"), None
+        return self.train_src, held_out  # validate on the held-out images, train on the rest
+
+    def training_records(self) -> Iterator[Record]:
+        return (r for r in self.train_src if not (self.skip and self.skip(r)))
+
+    def validation_records(self) -> Iterator[Record]:
+        return (r for r in self.val_src if self.skip is None or self.skip(r))
+
+    def _fresh(self, keep_metrics: bool = False):
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        tok = Tokenizer.train(training_texts(self.train_src), cfg.vocab_size)
+        mcfg = cfg.model_config(lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
+        self.vlm = TinyVLM(VisionLanguageModel(mcfg).to(self.device), tok, cfg.image_fit)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not keep_metrics:
+            (self.out / METRICS).write_text("")
+
+    def unreadable(self, record: Record) -> tuple[str, str] | None:
+        """(picture, why) for the first of the record's pictures that cannot be read, else None.
+        Reading goes through the collator's cache, so a good picture is decoded once as before."""
+        for path in record.images:
+            if path not in self.broken:
+                try:
+                    self.collate.images.get(path)
+                    continue
+                except (TinyVLMError, Image.DecompressionBombError) as e:
+                    self.broken[path] = str(e)
+            return path, self.broken[path]
+        return None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    # --- the log -------------------------------------------------------------------------------
+    def _log(self, row: dict):
+        with open(self.out / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _trim_metrics(self, keep):
+        """Drop metric lines written after the checkpoint, so the log matches the resumed run."""
+        lines = (self.out / METRICS).read_text().splitlines() if (self.out / METRICS).exists() else []
+        rows = [json.loads(l) for l in lines]
+        (self.out / METRICS).write_text("".join(l + "\n" for l, row in zip(lines, rows) if keep(row)))
+        self.reported = {row[SKIPPED] for row in rows if SKIPPED in row and keep(row)}
+
+    # --- the stages ----------------------------------------------------------------------------
+    def run(self) -> TinyVLM:
+        cfg = self.cfg
+        print(self.precision, file=sys.stderr)
+        if cfg.concept_pretrain and not (self.out / RUN_CHECKPOINT / STATE).is_file():
+            stage = ConceptStage(self)
+            run_stage(stage)
+            if cfg.freeze_encoder:  # the head reads this encoder as it will stay: keep it, for grounded decoding
+                self.vlm.concepts, self.vlm.concept_head = stage.vocab, stage.head.eval().requires_grad_(False)
+        run_stage(VLMStage(self))
+        from ..plots import plot_loss
+        plot_loss(self.out / METRICS, self.out / LOSS_PNG)
+        return self.vlm
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> TinyVLM:
+    """Train (or resume) a model; the run directory `cfg.out` ends up holding checkpoint/ (the
+    model), metrics.jsonl and loss.png."""
+    return Trainer(cfg, resume).run()

@@ -1,0 +1,197 @@
+"""The two stages of a run, each what the one loop (loop.py) computes in turn:
+
+- ConceptStage (optional, first): the image encoder, with a throwaway ConceptHead, learns which
+  concepts each picture holds (concepts.py), in place inside the VLM. Checkpoint: RUN/concepts/.
+- VLMStage: the whole model learns to write. Checkpoint: RUN/checkpoint/ (the model itself).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from ..checkpoint import RUN_CHECKPOINT, cpu_state, read_json
+from ..concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
+from ..data.batches import Example, record_to_example
+from ..data.images import to_tensor
+from ..data.records import Record
+from .loop import STATE, Records, Stage, optimizer
+
+if TYPE_CHECKING:
+    from .run import Trainer
+
+CONCEPT_STAGE, CONCEPT_WEIGHTS = "concepts", "encoder_and_head.safetensors"  # RUN/concepts/: the first stage
+
+
+class ConceptStage(Stage):
+    """The encoder and a ConceptHead learn each picture's concepts: per patch for scene graphs,
+    per picture for caption words. Validation: held-out concept loss and F1."""
+    name, tag, loss_key = CONCEPT_STAGE, {"stage": CONCEPT_STAGE}, "concept_loss"
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__(trainer, *trainer.cfg.stage_budgets()["concepts"])
+        self.encoder = trainer.vlm.model.vision
+        self.grid = trainer.vlm.cfg.vit_image_size // trainer.vlm.cfg.vit_patch_size
+        state_file = self.dir / STATE
+        if state_file.is_file():
+            state = read_json(state_file)
+            self.vocab = state["concepts"]
+            self._build()
+            self.module.load_state_dict(load_file(self.dir / CONCEPT_WEIGHTS, device=str(trainer.device)))
+            self.restore(state)
+        else:
+            self.vocab = build_vocab(trainer.training_records())
+            torch.manual_seed(self.cfg.seed)
+            self._build()
+        self.index = {c: i for i, c in enumerate(self.vocab)}
+        n = self.cfg.eval_batches * self.cfg.batch_size
+        self.val = list(itertools.islice((r for r in trainer.validation_records() if usable(r) and self.readable(r)), n))
+
+    def _build(self):
+        t = self.trainer
+        self.head = ConceptHead(t.vlm.cfg.vit_width, len(self.vocab)).to(t.device)
+        self.module = self.both = torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head})
+        self.opt = optimizer(self.both, self.cfg)
+
+    def skips(self, record: Record) -> bool:
+        return not usable(record) or super().skips(record)
+
+    def pixels(self, records: list[Record]) -> torch.Tensor:
+        t = self.trainer
+        return torch.stack([to_tensor(t.collate.images.get(r.images[0])) for r in records]).to(t.device)
+
+    def scores(self, records: list[Record]) -> torch.Tensor:
+        with self.trainer.autocast():
+            return self.head(self.encoder(self.pixels(records)))
+
+    def forward(self, records: Records, micro: int):
+        batch = [r for r, _ in itertools.islice(records, self.cfg.batch_size)]
+        loss = concept_loss(self.scores(batch), [targets(r, self.index, self.grid) for r in batch])
+        return loss, {"images": len(batch)}
+
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        """Held-out concept loss and F1 (is each concept in the picture?), for the log."""
+        if not self.val:
+            return None
+        self.both.eval()
+        loss, tp, pred, true, bs = 0.0, 0, 0, 0, self.cfg.batch_size
+        for i in range(0, len(self.val), bs):
+            recs = self.val[i:i + bs]
+            s, tgt = self.scores(recs), [targets(r, self.index, self.grid) for r in recs]
+            loss += concept_loss(s, tgt).item() * len(recs)
+            a, b, c = concept_f1(s, tgt)
+            tp, pred, true = tp + a, pred + b, true + c
+        self.both.train()
+        return {"val_concept_loss": loss / len(self.val), "val_concept_f1": 2 * tp / max(1, pred + true)}
+
+    def validated(self, figures: dict, last: bool, bar: tqdm):
+        if last and self.cfg.progress:
+            print(f"concept stage: {self.step} steps, {len(self.vocab)} concepts, held-out concept F1 "
+                  f"{figures['val_concept_f1']:.2f}", file=sys.stderr)
+
+    def write_weights(self, folder: Path):
+        save_file(cpu_state(self.both), folder / CONCEPT_WEIGHTS)
+
+    def extra_state(self) -> dict:
+        return {"concepts": self.vocab}
+
+
+class VLMStage(Stage):
+    """The whole model (or all but a frozen encoder) learns to write each record's text after its
+    prompt. Validation: the mean loss over fixed held-out batches."""
+    name, label, earlier = RUN_CHECKPOINT, "vlm", (CONCEPT_STAGE,)
+
+    def __init__(self, trainer: "Trainer"):
+        super().__init__(trainer, *trainer.cfg.stage_budgets()["vlm"])
+        self.module = trainer.vlm.model
+        self.opt = optimizer(self.module, self.cfg)
+        self.best_val = float("inf")
+        state_file = self.dir / STATE
+        if state_file.is_file():  # the model's weights were loaded with it (Trainer)
+            state = read_json(state_file)
+            self.restore(state)
+            self.best_val = state["best_val"]
+        self.val_batches = self._val_examples()
+
+    def _val_examples(self) -> list[list[Example]]:
+        rng = random.Random(self.cfg.seed)
+        n = self.cfg.eval_batches * self.cfg.batch_size
+        recs = list(itertools.islice(filter(self.readable, self.trainer.validation_records()), n))
+        if not recs:
+            return []
+        ex = [record_to_example(r, rng, self.cfg.tasks) for r in recs]
+        bs = self.cfg.batch_size
+        return [ex[i:i + bs] for i in range(0, len(ex), bs)]
+
+    def train_mode(self):
+        """With freeze_encoder the encoder is left out of the gradient and kept in eval mode, so
+        its batch-norm statistics stay as the concept stage left them."""
+        self.module.train()
+        if self.cfg.freeze_encoder:
+            self.module.vision.eval().requires_grad_(False)
+
+    def batch_examples(self, records: Records, step: int) -> list[Example]:
+        """A micro-batch of examples, all of this step's task where the records have it. Why one
+        task a step: a long story beside short answers pads every sequence to the story's length,
+        and mixed picture-book batches were half padding (one task a step trains 1.7x more samples
+        a minute: docs/training.md)."""
+        task = self.cfg.tasks[step % len(self.cfg.tasks)]
+        return [record_to_example(r, rng, self.cfg.tasks, prefer=task)
+                for r, rng in itertools.islice(records, self.cfg.batch_size)]
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        device = self.trainer.device
+        batch = {k: v.to(device) if v is not None else None for k, v in batch.items()}
+        with self.trainer.autocast():
+            _, loss = self.module(batch["input_ids"], batch["images"], batch["labels"])
+        return loss
+
+    def forward(self, records: Records, micro: int):
+        examples = self.batch_examples(records, self.step)
+        aug_rng = None
+        if self.cfg.augment:  # fresh draws for each micro-batch (the first keeps the seed of a step)
+            aug_rng = random.Random(f"aug:{self.cfg.seed}:{self.step}" + (f":{micro}" if micro else ""))
+        batch = self.trainer.collate(examples, aug_rng)
+        return self.loss(batch), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
+
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        if not self.val_batches:
+            return None
+        self.module.eval()
+        losses = [self.loss(self.trainer.collate(b)).item() for b in self.val_batches]
+        self.train_mode()
+        return {"val_loss": sum(losses) / len(losses)}
+
+    def validated(self, figures: dict, last: bool, bar: tqdm):
+        self.best_val = min(self.best_val, figures["val_loss"])
+        bar.write(f"step {self.step}: val loss {figures['val_loss']:.4f}")
+
+    def estimate_steps(self, records: Records) -> int:
+        """Estimate how many steps a minutes budget buys (for warmup and the progress bar): time
+        forward+backward passes, one batch per task, without updating the model."""
+        collate = self.trainer.collate
+        batches = [collate(self.batch_examples(records, step)) for step in range(len(self.cfg.tasks))]
+        self.train_mode()
+        times = []
+        for batch in [batches[0], *batches]:  # the first pass only warms up
+            t0 = time.perf_counter()
+            self.loss(batch).backward()
+            times.append(time.perf_counter() - t0)
+        self.module.zero_grad(set_to_none=True)
+        per_step = sum(times[1:]) / len(batches) * self.cfg.grad_accum * 1.15  # + data loading, eval, saving
+        return max(1, int(self.minutes * 60 / per_step))
+
+    def write_weights(self, folder: Path):
+        self.trainer.vlm.write_files(folder)
+
+    def extra_state(self) -> dict:
+        return {"best_val": self.best_val}
