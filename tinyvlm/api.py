@@ -24,6 +24,7 @@ from .errors import TinyVLMError
 from .generate import Constraint, Sampling, stream
 from .messages import parse_messages
 from .model import IGNORE, VisionLanguageModel
+from .model.reduce import ReduceConfig
 from .tokenizer import EOS_ID, IMAGE_SLOT, Tokenizer
 
 FORMAT = "tinyvlm/2"  # the chat template and rotary positions; tinyvlm/1 models need retraining
@@ -69,7 +70,12 @@ class TinyVLM:
 
     # --- files -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "TinyVLM":
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", keep_tokens: float = 1.0,
+                        merge: int = 0) -> "TinyVLM":
+        """Load a saved model. `keep_tokens` (a share, 1 = all) and `merge` (tokens per encoder
+        block, 0 = off) spend fewer visual tokens without retraining (model/reduce.py); they are
+        kept on the loaded model, not in its saved config."""
+        reduce = ReduceConfig(keep_tokens, merge)  # a bad setting fails before the weights are read
         d = resolve(path)
         meta = read_json(d / CONFIG)
         if meta.get("format") != FORMAT:
@@ -86,6 +92,7 @@ class TinyVLM:
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise TinyVLMError(f"{d / WEIGHTS} does not match {CONFIG}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        model.reduce = reduce
         dev = pick_device(device)
         model.to(dev).eval()
         head = None
@@ -239,7 +246,8 @@ class TinyVLM:
         a text, for ranking a true description above a false one. An example longer than the
         context raises TinyVLMError rather than score a cut text."""
         self.model.eval()
-        collate = Collator(self.tokenizer, self.cfg, self.image_fit, truncate=False)
+        collate = Collator(self.tokenizer, self.cfg, self.image_fit, truncate=False,
+                           image_tokens=self.model.image_token_counts(1)[0])
         out: list[float] = []
         for i in range(0, len(examples), batch_size):
             b = collate(list(examples[i:i + batch_size]))

@@ -39,6 +39,15 @@ def _add_sampling(p: argparse.ArgumentParser, max_new: str):
                         "(0 = off; 0.5, the head's own decision, is the recipe's)")
 
 
+def _add_reduce(p: argparse.ArgumentParser):
+    g = p.add_argument_group("fewer visual tokens (no retraining; docs/visual_tokens.md)")
+    g.add_argument("--keep-tokens", type=float, default=1.0, metavar="SHARE", dest="keep_tokens",
+                   help="share of each picture's patch tokens the decoder reads, those the encoder's [CLS] "
+                        "attends to most, 0 < SHARE <= 1 (1 = all)")
+    g.add_argument("--merge", type=int, default=0, metavar="R",
+                   help="merge R similar tokens in each encoder block, in tokens per block (0 = off)")
+
+
 def _sampling(a, default_max: int):
     from .generate import Sampling
     return Sampling(max_new_tokens=a.max_new_tokens or default_max, temperature=a.temperature, top_k=a.top_k,
@@ -81,7 +90,7 @@ def cmd_train(a):
 def cmd_describe(a):
     from .api import TinyVLM
     from .data.batches import MAX_TOKENS
-    vlm = TinyVLM.from_pretrained(a.model, device=a.device)
+    vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge)
     from .data.images import load_image
     for path in a.images:
         load_image(path)  # every image checked before the model spends time on any
@@ -93,7 +102,7 @@ def cmd_describe(a):
 
 def cmd_ask(a):
     from .api import TinyVLM
-    vlm = TinyVLM.from_pretrained(a.model, device=a.device)
+    vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge)
     print(vlm.ask(a.image, a.question, sampling=_sampling(a, 16)))
 
 
@@ -127,7 +136,8 @@ def cmd_eval(a):
     from .eval.run import EvalConfig, evaluate
     cfg = EvalConfig(model=a.model, data=a.data, out=a.out, judge=a.judge, n=a.n, styles=tuple(a.styles.split(",")),
                      train_data=a.train_data, baselines=not a.no_baselines, llm_base_url=a.llm_base_url,
-                     llm_model=a.llm_model, llm_api_key_env=a.llm_api_key_env, ground=a.ground)
+                     llm_model=a.llm_model, llm_api_key_env=a.llm_api_key_env, ground=a.ground,
+                     keep_tokens=a.keep_tokens, merge=a.merge)
     results = evaluate(cfg)
     print(markdown_table(*score_rows(results)))
     if a.out:
@@ -144,6 +154,8 @@ TRAIN_OPTIONS = (
     ("image-size", int, "input picture size, in pixels"),
     ("patch-size", int, "image patch size, in pixels"),
     ("pixel-shuffle", int, "merge each FxF block of image tokens into one before the decoder (factor F)"),
+    ("summary-tokens", int, "read each picture through K learned summary tokens (+[CLS]) instead of every patch, "
+                            "in tokens (0 = off)"),
     ("max-len", int, "the decoder's context, in tokens"),
     ("dropout", float, "dropout probability"),
     ("vocab-size", int, "BPE vocabulary to aim for, in tokens (the real size is what the training text supports)"),
@@ -238,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--model", required=True, help="model or run directory")
         s.add_argument("--device", default="cpu", help="cpu, cuda or mps")
         _add_sampling(s, max_new)
+        _add_reduce(s)
         s.set_defaults(fn=fn)
 
     data = command(sub, "data", "make or import datasets").add_subparsers(dest="data_command", required=True,
@@ -298,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ground", type=float, default=0.0, metavar="P",
                    help="grounded decoding for every run: never name a thing the concept head rates below P "
                         "(0 = off; 0.5 is the recipe's)")
+    _add_reduce(s)
     s.set_defaults(fn=cmd_eval)
 
     s = command(sub, "demo", "the 10-minute tour: make data, train, describe held-out pictures, score")

@@ -27,6 +27,8 @@ class VLMConfig:
     vit_mlp_ratio: float = 4.0
     # connector: optional pixel-shuffle (fewer, wider image tokens), then Linear + GELU
     mp_pixel_shuffle: int = 1
+    # or K learned queries that summarise the patches (connector.Summariser; 0 = off): K + [CLS] tokens
+    mp_summary_tokens: int = 0
     # causal decoder
     lm_width: int = 96
     lm_depth: int = 4
@@ -49,6 +51,11 @@ class VLMConfig:
         grid = self.vit_image_size // self.vit_patch_size
         if grid % self.mp_pixel_shuffle:
             raise TinyVLMError(f"patch grid {grid} is not divisible by pixel-shuffle factor {self.mp_pixel_shuffle}")
+        if not isinstance(self.mp_summary_tokens, int) or self.mp_summary_tokens < 0:
+            raise TinyVLMError(f"mp_summary_tokens must be a whole number >= 0 (0 = off); got {self.mp_summary_tokens!r}")
+        if self.mp_summary_tokens and self.mp_pixel_shuffle > 1:
+            raise TinyVLMError("summary tokens replace the patch grid, so pixel-shuffle cannot apply: "
+                               "use mp_summary_tokens or mp_pixel_shuffle, not both")
         for name, width, heads in (("vit", self.vit_width, self.vit_heads), ("lm", self.lm_width, self.lm_heads)):
             if width % heads:
                 raise TinyVLMError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
@@ -57,7 +64,10 @@ class VLMConfig:
 
     @property
     def image_tokens(self) -> int:
-        """Tokens one image occupies in the decoder: the patch grid after pixel-shuffle, plus [CLS]."""
+        """Tokens one image occupies in the decoder: the patch grid after pixel-shuffle (or the
+        summary tokens), plus [CLS]."""
+        if self.mp_summary_tokens:
+            return self.mp_summary_tokens + 1
         grid = self.vit_image_size // self.vit_patch_size // self.mp_pixel_shuffle
         return grid * grid + 1
 

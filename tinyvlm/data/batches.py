@@ -92,16 +92,19 @@ class ImageCache:
 class Collator:
     """Examples -> {"input_ids", "labels", "images"}; sequences right-padded, labels shifted, the
     loss on assistant turns only. `truncate`: cut a conversation longer than the context (training
-    keeps what fits) instead of refusing it (scoring must not score a cut text as if whole)."""
+    keeps what fits) instead of refusing it (scoring must not score a cut text as if whole).
+    `image_tokens`: slots per picture (default `cfg.image_tokens`; fewer for a reduced model)."""
 
-    def __init__(self, tokenizer: Tokenizer, cfg: VLMConfig, fit: str = "pad", truncate: bool = True):
+    def __init__(self, tokenizer: Tokenizer, cfg: VLMConfig, fit: str = "pad", truncate: bool = True,
+                 image_tokens: int | None = None):
         self.tok, self.cfg, self.truncate = tokenizer, cfg, truncate
+        self.image_tokens = image_tokens or cfg.image_tokens
         self.images = ImageCache(cfg.vit_image_size, fit)
 
     def __call__(self, examples: list[Example], rng: random.Random | None = None) -> dict[str, torch.Tensor]:
         seqs, labels, pixels = [], [], []
         for ex in examples:
-            enc = self.tok.encode_conversation(ex.turns(), [self.cfg.image_tokens] * len(ex.images))
+            enc = self.tok.encode_conversation(ex.turns(), [self.image_tokens] * len(ex.images))
             ids, learn = enc.ids, enc.learn
             if len(ids) - 1 > self.cfg.lm_max_len:
                 first = learn.index(True)

@@ -56,6 +56,8 @@ class EvalConfig:
     batch_size: int = 32
     max_questions: int = 4           # per record, for VQA
     ground: float = 0.0              # grounded decoding threshold (Sampling.ground), for every run alike
+    keep_tokens: float = 1.0         # share of patch tokens the decoder reads (model/reduce.py); 1 = all
+    merge: int = 0                   # tokens merged per encoder block (model/reduce.py); 0 = off
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key_env: str = "OPENAI_API_KEY"
@@ -166,7 +168,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     from .captions import memorisation
     records = open_records(cfg.data, "val").head(cfg.n)
     _check(cfg, records)
-    vlm = TinyVLM.from_pretrained(cfg.model)
+    vlm = TinyVLM.from_pretrained(cfg.model, keep_tokens=cfg.keep_tokens, merge=cfg.merge)
     out = Path(cfg.out) if cfg.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)

@@ -35,19 +35,22 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
            dropout: float, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """softmax(q k^T / sqrt(d)) v over (B, heads, T, head_size); mask: True = may attend. Returns
+    """softmax(q k^T / sqrt(d)) v over (B, heads, T, head_size); mask: True = may attend, or a float
+    tensor added to the logits (token merging's log sizes, model/reduce.py). Returns
     the output and, with `need_weights`, the attention weights (B, heads, T, T_k).
     Why not always F.scaled_dot_product_attention: in bfloat16 on a CPU its fused kernel is 3-7x
     slower, forward and backward, than these three plain ops at our sizes (a few dozen to a few
     hundred tokens, heads of 12-50), and it took about half of a VLM training step
     (benchmarks/attention.py). Everywhere else the fused kernel is as fast or faster."""
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
     if not need_weights and not (q.dtype == torch.bfloat16 and q.device.type == "cpu"):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout), None
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, heads, T, T_k)
     if is_causal:
         mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if mask is not None:
-        att = att.masked_fill(~mask, float("-inf"))
+        att = att.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else att + mask
     att = att.softmax(-1)
     return F.dropout(att, dropout, training=dropout > 0) @ v, att if need_weights else None
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..config import VLMConfig
+from .reduce import bipartite_soft_matching, cls_attention, merge_weighted, size_bias
 from .transformer import Block
 
 
@@ -44,14 +45,18 @@ class VisionEncoder(nn.Module):
                                     for _ in range(cfg.vit_depth))
         self.ln = nn.LayerNorm(cfg.vit_width)
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 1 + patches, vit_width): [CLS] and the patches, with their positions."""
+        x = self.patch(images).flatten(2).transpose(1, 2)  # (N, P, C)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.drop(x)
+
     def forward(self, images: torch.Tensor, trace: bool = False):
         """(N, 3, H, W) -> (N, 1 + patches, vit_width); token 0 is [CLS], the rest row-major patches.
         With `trace`, also the hidden states entering each block and after the final norm
         (depth + 1 tensors of that shape) and each block's attention weights
         (N, heads, 1 + patches, 1 + patches): what attribution methods read."""
-        x = self.patch(images).flatten(2).transpose(1, 2)  # (N, P, C)
-        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
-        x = self.drop(x)
+        x = self.embed(images)
         states, attentions = [], []
         for block in self.blocks:
             states.append(x)
@@ -59,3 +64,26 @@ class VisionEncoder(nn.Module):
             attentions.append(weights)
         x = self.ln(x)
         return (x, states + [x], attentions) if trace else x
+
+    def reduced(self, images: torch.Tensor, merge: int = 0, scores: bool = False):
+        """The encoder with fewer tokens (model/reduce.py). With `merge` r, each block merges r
+        tokens between its attention and its MLP (ToMe: bipartite soft matching on the keys, [CLS]
+        never merged, size-weighted means, proportional attention). Returns the tokens after the
+        final norm (N, 1 + P', vit_width), [CLS] first; their sizes (N, 1 + P', 1), how many patches
+        each stands for (None without merging); and, with `scores`, how much [CLS] attends to each
+        other token in the last block, mean over heads (N, P'; a merged token sums its parts'),
+        else None."""
+        x, size, score = self.embed(images), None, None
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            a, (keys, _), weights = block.attn(block.ln1(x), size_bias(size), need_weights=scores and last)
+            x = x + a
+            if weights is not None:
+                score = cls_attention(weights)
+            if merge:
+                match = bipartite_soft_matching(keys.mean(1), merge)
+                x, size = merge_weighted(match, x, size)
+                if score is not None:  # merge the scores alongside: [CLS]'s slot holds 0
+                    score = match(torch.cat([torch.zeros_like(score[:, :1]), score], 1)[..., None], "sum")[:, 1:, 0]
+            x = x + block.mlp(block.ln2(x))
+        return self.ln(x), size, score

@@ -25,6 +25,7 @@ from ..errors import TinyVLMError
 from ..tokenizer import IGNORE, IMAGE_ID
 from .connector import Connector
 from .decoder import Decoder
+from .reduce import ReduceConfig, group_scores, image_token_count, keep_count, prune
 from .transformer import KV
 from .vision import VisionEncoder
 
@@ -70,6 +71,18 @@ class VisionLanguageModel(nn.Module):
         self.connector = Connector(cfg)
         self.decoder = Decoder(cfg)
         self.apply(self._init_weights)
+        self._reduce = ReduceConfig()
+
+    @property
+    def reduce(self) -> ReduceConfig:
+        """How many visual tokens this model spends at inference (model/reduce.py): chosen at load
+        time (TinyVLM.from_pretrained(keep_tokens=, merge=)), not part of `cfg`, never saved."""
+        return self._reduce
+
+    @reduce.setter
+    def reduce(self, value: ReduceConfig):
+        value.check(self.cfg)
+        self._reduce = value
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -79,13 +92,25 @@ class VisionLanguageModel(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def image_token_counts(self, n_images: int) -> list[int]:
-        """How many decoder tokens each of n pictures gives (today `cfg.image_tokens` each; token
-        reduction makes them differ), for the chat template to leave room."""
-        return [self.cfg.image_tokens] * n_images
+        """How many decoder tokens each of n pictures gives (`cfg.image_tokens`, or fewer under
+        `reduce`), for the chat template to leave room."""
+        return [image_token_count(self.cfg, self.reduce)] * n_images
 
     def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(N, 3, H, W) -> one (n_i, lm_width) tensor of decoder-width image tokens per picture."""
-        return list(self.connector(self.vision(images)))
+        """(N, 3, H, W) -> one (n_i, lm_width) tensor of decoder-width image tokens per picture.
+        Under `reduce`: tokens merged in the encoder, then the tokens [CLS] attends to least
+        dropped (model/reduce.py)."""
+        r = self.reduce
+        if not r.active:
+            return list(self.connector(self.vision(images)))
+        feats, size, scores = self.vision.reduced(images, r.merge, scores=r.keep_tokens < 1)
+        tokens = self.connector(feats, size)
+        if scores is not None:
+            s = self.cfg.mp_pixel_shuffle
+            if s > 1:  # one token per s x s group of patches: the group scores its patches' sum
+                scores = group_scores(scores, self.cfg.vit_image_size // self.cfg.vit_patch_size, s)
+            tokens = prune(tokens, scores, keep_count(scores.shape[1], r.keep_tokens))
+        return list(tokens)
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
               features: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -151,7 +176,8 @@ class VisionLanguageModel(nn.Module):
     @torch.no_grad()
     def trace(self, input_ids: torch.Tensor, images: torch.Tensor | None = None) -> Trace:
         """One causal pass over unpadded sequences (B, T) that keeps what attribution and probing
-        read: every layer's hidden states and attention weights, the encoder's too (see Trace)."""
+        read: every layer's hidden states and attention weights, the encoder's too (see Trace).
+        Every picture gives all its tokens here (`cfg.image_tokens`): `reduce` does not apply."""
         B, T = input_ids.shape
         self._check_length(T)
         if images is not None and len(images):

@@ -22,6 +22,7 @@ class TrainConfig:
     patch_size: int | None = None
     stem: str | None = None         # the encoder's patch embedding: patch (preset default) or conv
     pixel_shuffle: int | None = None
+    summary_tokens: int | None = None  # K learned queries summarise the patches (connector.Summariser); 0 = off
     max_len: int | None = None
     dropout: float | None = None
     vocab_size: int = 4096          # BPE target; the real size is what the training text supports
@@ -77,7 +78,8 @@ class TrainConfig:
     def model_config(self, **more) -> VLMConfig:
         """The preset with this run's model overrides (and `more`, e.g. the tokenizer's vocabulary size)."""
         return get_preset(self.preset, vit_image_size=self.image_size, vit_patch_size=self.patch_size,
-                          vit_stem=self.stem, mp_pixel_shuffle=self.pixel_shuffle, lm_max_len=self.max_len,
+                          vit_stem=self.stem, mp_pixel_shuffle=self.pixel_shuffle,
+                          mp_summary_tokens=self.summary_tokens, lm_max_len=self.max_len,
                           dropout=self.dropout, **more)
 
     def stage_budgets(self) -> dict[str, tuple[int | None, float | None]]:
