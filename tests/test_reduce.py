@@ -55,6 +55,15 @@ def test_pruning_keeps_the_tokens_cls_attends_to_most_in_order():
     tokens = torch.arange(6.0).view(1, 6, 1)  # token i holds the value i; [CLS] is 0
     assert prune(tokens, scores, 2).flatten().tolist() == [0, 3, 4]
     assert prune(tokens, scores, 3).flatten().tolist() == [0, 1, 3, 4]
+    # in the encoder: the last block computes the kept tokens alone, and gives what pruning its output gives
+    torch.manual_seed(0)
+    m = VisionLanguageModel(get_preset("nano", dropout=0.0, vit_depth=2)).eval()
+    images = torch.randn(3, 3, 32, 32)
+    full, _, scores = m.vision.reduced(images, scores=True)
+    _, _, weights = m.vision(images, trace=True)
+    assert torch.allclose(scores, cls_attention(weights[-1]), atol=1e-6)
+    early, size, _ = m.vision.reduced(images, keep=5)
+    assert size is None and torch.allclose(early, prune(full, scores, 5), atol=1e-5)
     # pixel-shuffle groups (2x2 patches of a 4x4 grid, the connector's order) score their patches' sum
     per_patch = torch.zeros(1, 16)
     per_patch[0, [2, 3, 6]] = 1.0  # the top-right group

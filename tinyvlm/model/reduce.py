@@ -96,12 +96,22 @@ def group_scores(scores: torch.Tensor, grid: int, s: int) -> torch.Tensor:
     return scores.view(N, grid // s, s, grid // s, s).sum(dim=(2, 4)).flatten(1)
 
 
+def top_tokens(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """scores (N, P) of the tokens after [CLS] -> (N, 1 + keep) places to keep: [CLS] (0), then
+    the `keep` best-scored tokens in their original order."""
+    idx = scores.topk(keep, dim=1).indices.sort(dim=1).values + 1  # +1: past [CLS]
+    return torch.cat([torch.zeros_like(idx[:, :1]), idx], dim=1)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (N, T, C), idx (N, T') -> (N, T', C)"""
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
 def prune(tokens: torch.Tensor, scores: torch.Tensor, keep: int) -> torch.Tensor:
     """tokens (N, 1 + P, C), [CLS] first; scores (N, P) for the other tokens -> (N, 1 + keep, C):
     [CLS], then the `keep` best-scored tokens in their original order."""
-    idx = scores.topk(keep, dim=1).indices.sort(dim=1).values + 1  # +1: past [CLS]
-    kept = tokens.gather(1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
-    return torch.cat([tokens[:, :1], kept], dim=1)
+    return gather_tokens(tokens, top_tokens(scores, keep))
 
 
 def bipartite_soft_matching(metric: torch.Tensor, r: int) -> Merge:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import VLMConfig
-from .reduce import bipartite_soft_matching, cls_attention, merge_weighted, size_bias
-from .transformer import Block
+from .reduce import bipartite_soft_matching, cls_attention, gather_tokens, merge_weighted, size_bias, top_tokens
+from .transformer import Block, attend
 
 
 class ConvStem(nn.Module):
@@ -65,18 +66,24 @@ class VisionEncoder(nn.Module):
         x = self.ln(x)
         return (x, states + [x], attentions) if trace else x
 
-    def reduced(self, images: torch.Tensor, merge: int = 0, scores: bool = False):
+    def reduced(self, images: torch.Tensor, merge: int = 0, keep: int | None = None, scores: bool = False):
         """The encoder with fewer tokens (model/reduce.py). With `merge` r, each block merges r
         tokens between its attention and its MLP (ToMe: bipartite soft matching on the keys, [CLS]
-        never merged, size-weighted means, proportional attention). Returns the tokens after the
-        final norm (N, 1 + P', vit_width), [CLS] first; their sizes (N, 1 + P', 1), how many patches
-        each stands for (None without merging); and, with `scores`, how much [CLS] attends to each
-        other token in the last block, mean over heads (N, P'; a merged token sums its parts'),
-        else None."""
+        never merged, size-weighted means, proportional attention). With `keep`, only [CLS] and the
+        `keep` tokens [CLS] attends to most in the last block come out (FasterVLM), and that block
+        spends its queries, attention rows, projection and MLP on them alone: nothing reads a
+        dropped token after the last attention, so this equals pruning the encoder's output.
+        Returns the tokens after the final norm (N, 1 + P', vit_width), [CLS] first; their sizes
+        (N, 1 + P', 1), how many patches each stands for (None without merging); and, with
+        `scores`, how much [CLS] attends to each other token in the last block, mean over heads
+        (N, P'; a merged token sums its parts'), else None."""
         x, size, score = self.embed(images), None, None
         for i, block in enumerate(self.blocks):
             last = i == len(self.blocks) - 1
-            a, (keys, _), weights = block.attn(block.ln1(x), size_bias(size), need_weights=scores and last)
+            if last and keep is not None and not merge:
+                return self.ln(self._keep_block(block, x, size, keep)), None, None
+            a, (keys, _), weights = block.attn(block.ln1(x), size_bias(size),
+                                               need_weights=last and (scores or keep is not None))
             x = x + a
             if weights is not None:
                 score = cls_attention(weights)
@@ -85,5 +92,26 @@ class VisionEncoder(nn.Module):
                 x, size = merge_weighted(match, x, size)
                 if score is not None:  # merge the scores alongside: [CLS]'s slot holds 0
                     score = match(torch.cat([torch.zeros_like(score[:, :1]), score], 1)[..., None], "sum")[:, 1:, 0]
+            if last and keep is not None:  # the MLP runs on the kept tokens only
+                idx = top_tokens(score, keep)
+                x, size, score = gather_tokens(x, idx), gather_tokens(size, idx), None
             x = x + block.mlp(block.ln2(x))
         return self.ln(x), size, score
+
+    @staticmethod
+    def _keep_block(block: Block, x: torch.Tensor, size: torch.Tensor | None, keep: int) -> torch.Tensor:
+        """One block over x (N, T, C) whose output keeps only [CLS] and the `keep` tokens [CLS]
+        attends to most -> (N, 1 + keep, C): keys and values for every token, queries for [CLS]
+        first (its attention ranks the rest), then for the kept tokens alone."""
+        N, T, C = x.shape
+        attn = block.attn
+        heads = lambda t: t.view(N, -1, attn.heads, C // attn.heads).transpose(1, 2)  # (N, heads, T, C/heads)
+        h = block.ln1(x)
+        w, b = attn.qkv.weight, attn.qkv.bias  # rows: queries, keys, values
+        k, v = (heads(t) for t in F.linear(h, w[C:], b[C:]).split(C, dim=2))
+        bias = size_bias(size)
+        _, weights = attend(heads(F.linear(h[:, :1], w[:C], b[:C])), k, v, bias, False, 0.0, need_weights=True)
+        idx = top_tokens(cls_attention(weights), keep)
+        y, _ = attend(heads(F.linear(gather_tokens(h, idx), w[:C], b[:C])), k, v, bias, False, 0.0)
+        x = gather_tokens(x, idx) + attn.resid_drop(attn.proj(y.transpose(1, 2).reshape(N, -1, C)))
+        return x + block.mlp(block.ln2(x))

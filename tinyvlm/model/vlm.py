@@ -25,7 +25,7 @@ from ..errors import TinyVLMError
 from ..tokenizer import IGNORE, IMAGE_ID
 from .connector import Connector
 from .decoder import Decoder
-from .reduce import ReduceConfig, group_scores, image_token_count, keep_count, prune
+from .reduce import ReduceConfig, group_scores, image_token_count, prune
 from .transformer import KV
 from .vision import VisionEncoder
 
@@ -100,17 +100,18 @@ class VisionLanguageModel(nn.Module):
         """(N, 3, H, W) -> one (n_i, lm_width) tensor of decoder-width image tokens per picture.
         Under `reduce`: tokens merged in the encoder, then the tokens [CLS] attends to least
         dropped (model/reduce.py)."""
-        r = self.reduce
+        r, s = self.reduce, self.cfg.mp_pixel_shuffle
         if not r.active:
             return list(self.connector(self.vision(images)))
-        feats, size, scores = self.vision.reduced(images, r.merge, scores=r.keep_tokens < 1)
-        tokens = self.connector(feats, size)
-        if scores is not None:
-            s = self.cfg.mp_pixel_shuffle
-            if s > 1:  # one token per s x s group of patches: the group scores its patches' sum
-                scores = group_scores(scores, self.cfg.vit_image_size // self.cfg.vit_patch_size, s)
-            tokens = prune(tokens, scores, keep_count(scores.shape[1], r.keep_tokens))
-        return list(tokens)
+        keep = image_token_count(self.cfg, r) - 1 if r.keep_tokens < 1 else None
+        if s == 1 or keep is None:  # the encoder drops what it need not compute
+            feats, size, _ = self.vision.reduced(images, r.merge, keep)
+            return list(self.connector(feats, size))
+        # one token per s x s group of patches: every patch goes through the shuffle, a group
+        # scores its patches' sum, and the connector's output is pruned
+        feats, _, scores = self.vision.reduced(images, scores=True)
+        scores = group_scores(scores, self.cfg.vit_image_size // self.cfg.vit_patch_size, s)
+        return list(prune(self.connector(feats), scores, keep))
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
               features: list[torch.Tensor] | None = None) -> torch.Tensor:

@@ -1,0 +1,201 @@
+"""Fewer visual tokens: what each way of spending fewer costs and saves (docs/visual_tokens.md).
+
+For each setting (all tokens; [CLS]-attention pruning keeping 50/25/10% of the patches; ToMe
+merging of r tokens per encoder block; both; a trained summariser of K tokens) at each picture
+size: describe latency in ms per image at batch 1 and at batch 16 (random weights, the end of
+text banned, so every setting writes the same number of tokens), training samples/s for the full
+and the summariser model (the recipe's frozen encoder, bf16 autocast where the CPU has it), and,
+given trained models at that size, quality on world scenes (tinyvlm.eval.run.evaluate without
+baselines: claim precision, hallucination per thing, VQA accuracy).
+
+    OMP_NUM_THREADS=1 python benchmarks/visual_tokens.py --sizes 64,224 \\
+        --model runs/red/m --summary-model runs/red/ms --data runs/red/w64s1 --n 100 \\
+        --plot docs/images/visual_tokens.png --json runs/red/visual_tokens.json
+
+One thread throughout (the machine is shared): ratios within one run are what to compare.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+NEW_TOKENS = 24  # a short description's length, written by every setting alike
+
+
+def settings(size: int, patch: int, summary: int) -> list[dict]:
+    """(name, keep_tokens, merge, summary K) for a picture size: r is a quarter, then half, of the tokens."""
+    tokens = (size // patch) ** 2 + 1
+    quarter, half = tokens // 4, tokens // 2
+    return [dict(name="all tokens", keep=1.0, merge=0, summary=0),
+            dict(name="keep 50%", keep=0.5, merge=0, summary=0),
+            dict(name="keep 25%", keep=0.25, merge=0, summary=0),
+            dict(name="keep 10%", keep=0.1, merge=0, summary=0),
+            dict(name=f"merge {quarter}", keep=1.0, merge=quarter, summary=0),
+            dict(name=f"merge {half}", keep=1.0, merge=half, summary=0),
+            dict(name=f"merge {quarter} + keep 25%", keep=0.25, merge=quarter, summary=0),
+            dict(name=f"summary {summary}", keep=1.0, merge=0, summary=summary)]
+
+
+def model_for(size: int, patch: int, summary: int):
+    from tinyvlm.config import get_preset
+    from tinyvlm.model import VisionLanguageModel
+    torch.manual_seed(0)
+    cfg = get_preset("mini", vit_image_size=size, vit_patch_size=patch, vit_stem="conv", lm_vocab_size=4096,
+                     mp_summary_tokens=summary, dropout=0.0)
+    return VisionLanguageModel(cfg)
+
+
+def latency(model, size: int, batch: int, reps: int) -> float:
+    """Describe latency, ms per image: encode, prefill, NEW_TOKENS cached steps."""
+    from tinyvlm.generate import Sampling, generate
+    from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
+    model.eval()
+    with torch.no_grad():
+        model.decoder.head.weight[EOS_ID] = -1.0  # random weights must not stop early
+    n = model.image_token_counts(1)[0]
+    prompt = [BOS_ID, USER_ID, IMAGE_START_ID] + [IMAGE_ID] * n + [IMAGE_END_ID] + list(range(40, 48)) + [ASSISTANT_ID]
+    images = torch.randn(batch, 3, size, size)
+    generate(model, [prompt] * batch, images, Sampling(max_new_tokens=2))  # warm up
+    best = float("inf")
+    for _ in range(reps):  # the best of reps: the least disturbed by the machine's other work
+        t = time.perf_counter()
+        generate(model, [prompt] * batch, images, Sampling(max_new_tokens=NEW_TOKENS))
+        best = min(best, time.perf_counter() - t)
+    return best / batch * 1e3
+
+
+def train_speed(model, size: int, batch: int, steps: int) -> float:
+    """Training samples/s with the recipe's frozen encoder (--concept-pretrain --freeze-encoder)."""
+    from tinyvlm.model import IGNORE
+    from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
+    from tinyvlm.train.config import bf16_supported
+    model.train()
+    model.vision.eval().requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    n = model.cfg.image_tokens
+    prompt = [BOS_ID, USER_ID, IMAGE_START_ID] + [IMAGE_ID] * n + [IMAGE_END_ID] + list(range(40, 48)) + [ASSISTANT_ID]
+    ids = torch.tensor([prompt + list(range(100, 130))] * batch)  # a 30-token target
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, len(prompt) - 1:-1] = ids[:, len(prompt):]
+    images = torch.randn(batch, 3, size, size)
+    bf16 = bf16_supported(torch.device("cpu"))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _, loss = model(ids, images, labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    best = float("inf")
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t)
+    return batch / best
+
+
+def quality(model_dir: str, data: str, n: int, keep: float, merge: int) -> dict:
+    from tinyvlm.eval.run import EvalConfig, evaluate
+    res = evaluate(EvalConfig(model=model_dir, data=data, n=n, baselines=False, keep_tokens=keep, merge=merge,
+                              progress=False))["runs"]["model"]
+    raw = res["short/free"]["raw"]
+    return {"claim_precision": raw["claim_precision"], "hallucination": raw["hallucination_per_thing"],
+            "vqa": res["vqa"]["accuracy"], "completion_precision": res["short/complete"]["raw"]["claim_precision"]}
+
+
+def plot(rows: list[dict], out: str):
+    from tinyvlm.plots import figure
+    fig = figure(figsize=(10, 4), dpi=120)
+    left, right = fig.subplots(1, 2)
+    q = [r for r in rows if r.get("claim_precision") is not None]
+    for key, marker in (("claim_precision", "o"), ("vqa", "s")):
+        left.scatter([r["speedup_b16"] for r in q], [r[key] for r in q], marker=marker, label=key.replace("_", " "))
+    for r in q:
+        left.annotate(r["name"], (r["speedup_b16"], r["claim_precision"]), fontsize=7, xytext=(3, 3),
+                      textcoords="offset points")
+    left.set(xlabel="describe speed-up at batch 16 (x all tokens)", ylabel="world seed-1 quality",
+             title=f"quality vs speed, {q[0]['size'] if q else '?'} px, trained mini" if q else "no quality measured")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    for size in sorted({r["size"] for r in rows}):
+        rs = [r for r in rows if r["size"] == size]
+        right.plot([r["speedup_b1"] for r in rs], [r["speedup_b16"] for r in rs], "o", label=f"{size} px")
+        for r in rs:
+            right.annotate(r["name"], (r["speedup_b1"], r["speedup_b16"]), fontsize=6, xytext=(3, 3),
+                           textcoords="offset points")
+    right.axhline(2, color="grey", lw=0.8, ls="--")
+    right.axvline(2, color="grey", lw=0.8, ls="--")
+    right.set(xlabel="speed-up at batch 1", ylabel="speed-up at batch 16", title="describe speed-up, mini")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("size", "px"), ("name", "setting"), ("tokens", "image tokens"), ("ms_b1", "ms/img b1"),
+            ("speedup_b1", "x b1"), ("ms_b16", "ms/img b16"), ("speedup_b16", "x b16"), ("train_sps", "train samples/s"),
+            ("claim_precision", "claim precision"), ("hallucination", "halluc./thing"), ("vqa", "VQA")]
+    fmt = lambda v: "—" if v is None else (f"{v:.3f}" if isinstance(v, float) and v < 10 else
+                                           f"{v:.1f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |" for r in rows])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="64,224", help="picture sizes, in pixels, comma-separated")
+    p.add_argument("--patch-size", type=int, default=16, help="patch size, in pixels")
+    p.add_argument("--summary", default="4,16", help="summary tokens K for each size, comma-separated")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions (the best is kept)")
+    p.add_argument("--train-batch", type=int, default=32, help="records per training step")
+    p.add_argument("--train-steps", type=int, default=3, help="timed training steps")
+    p.add_argument("--model", help="a trained all-token model dir for the quality columns (its picture size only)")
+    p.add_argument("--summary-model", dest="summary_model", help="a trained summariser model dir, same size and budget")
+    p.add_argument("--data", help="world seed-1 scenes for quality (tinyvlm data world --seed 1)")
+    p.add_argument("--n", type=int, default=100, help="scenes to evaluate")
+    p.add_argument("--plot", help="write the quality-vs-speed plot here (PNG)")
+    p.add_argument("--json", help="write every row here")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    trained = None
+    if a.model:
+        from tinyvlm.api import TinyVLM
+        trained = TinyVLM.from_pretrained(a.model).cfg.vit_image_size
+    rows = []
+    for size, k in zip((int(s) for s in a.sizes.split(",")), (int(s) for s in a.summary.split(","))):
+        base = None
+        for s in settings(size, a.patch_size, k):
+            from tinyvlm.model.reduce import ReduceConfig
+            model = model_for(size, a.patch_size, s["summary"])
+            model.reduce = ReduceConfig(s["keep"], s["merge"])
+            row = {"size": size, "name": s["name"], "tokens": model.image_token_counts(1)[0]}
+            with torch.no_grad():
+                row["ms_b1"] = latency(model, size, 1, a.reps)
+                row["ms_b16"] = latency(model, size, 16, max(1, a.reps - 1))
+            if s["name"] == "all tokens" or s["summary"]:
+                row["train_sps"] = train_speed(model_for(size, a.patch_size, s["summary"]), size, a.train_batch,
+                                               a.train_steps)
+            base = base or row
+            row["speedup_b1"], row["speedup_b16"] = base["ms_b1"] / row["ms_b1"], base["ms_b16"] / row["ms_b16"]
+            if size == trained and a.data:
+                where = a.summary_model if s["summary"] else a.model
+                if where:
+                    row.update(quality(where, a.data, a.n, s["keep"], s["merge"]))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(table(rows))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    if a.plot:
+        plot(rows, a.plot)
+
+
+if __name__ == "__main__":
+    main()
