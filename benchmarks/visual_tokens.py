@@ -58,13 +58,8 @@ def latency(model, size: int, batch: int, reps: int) -> float:
     n = model.image_token_counts(1)[0]
     prompt = [BOS_ID, USER_ID, IMAGE_START_ID] + [IMAGE_ID] * n + [IMAGE_END_ID] + list(range(40, 48)) + [ASSISTANT_ID]
     images = torch.randn(batch, 3, size, size)
-    generate(model, [prompt] * batch, images, Sampling(max_new_tokens=2))  # warm up
-    best = float("inf")
-    for _ in range(reps):  # the best of reps: the least disturbed by the machine's other work
-        t = time.perf_counter()
-        generate(model, [prompt] * batch, images, Sampling(max_new_tokens=NEW_TOKENS))
-        best = min(best, time.perf_counter() - t)
-    return best / batch * 1e3
+    return best_time(lambda: generate(model, [prompt] * batch, images, Sampling(max_new_tokens=NEW_TOKENS)),
+                     reps) / batch * 1e3
 
 
 def train_speed(model, size: int, batch: int, steps: int) -> float:
@@ -84,19 +79,24 @@ def train_speed(model, size: int, batch: int, steps: int) -> float:
     bf16 = bf16_supported(torch.device("cpu"))
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            _, loss = model(ids, images, labels)
-        loss.backward()
-        opt.step()
         opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            model(ids, images, labels)[1].backward()
+        opt.step()
 
-    step()
+    return batch / best_time(step, steps)
+
+
+def best_time(fn, reps: int) -> float:
+    """Seconds fn takes, the best of reps after one warm-up call: the run least disturbed by the
+    machine's other work."""
+    fn()
     best = float("inf")
-    for _ in range(steps):
+    for _ in range(reps):
         t = time.perf_counter()
-        step()
+        fn()
         best = min(best, time.perf_counter() - t)
-    return batch / best
+    return best
 
 
 def quality(model_dir: str, data: str, n: int, keep: float, merge: int) -> dict:
