@@ -3,13 +3,15 @@
 For each setting (all tokens; [CLS]-attention pruning keeping 50/25/10% of the patches; ToMe
 merging of r tokens per encoder block; both; a trained summariser of K tokens) at each picture
 size: describe latency in ms per image at batch 1 and at batch 16 (random weights, the end of
-text banned, so every setting writes the same number of tokens), training samples/s for the full
+text banned, so every setting writes the same number of tokens) and how much of it at batch 16 is
+reading the picture (encode + prefill, what token reduction shortens), training samples/s for the full
 and the summariser model (the recipe's frozen encoder, bf16 autocast where the CPU has it), and,
 given trained models at that size, quality on world scenes (tinyvlm.eval.run.evaluate without
 baselines: claim precision, hallucination per thing, VQA accuracy).
 
     OMP_NUM_THREADS=1 python benchmarks/visual_tokens.py --sizes 64,224 \\
-        --model runs/red/m --summary-model runs/red/ms --data runs/red/w64s1 --n 100 \\
+        --model runs/red/m --summary-model runs/red/t_sum4 --budget-model runs/red/t_full \\
+        --data runs/red/w64s1 --n 100 \\
         --plot docs/images/visual_tokens.png --json runs/red/visual_tokens.json
 
 One thread throughout (the machine is shared): ratios within one run are what to compare.
@@ -48,8 +50,8 @@ def model_for(size: int, patch: int, summary: int):
     return VisionLanguageModel(cfg)
 
 
-def latency(model, size: int, batch: int, reps: int) -> float:
-    """Describe latency, ms per image: encode, prefill, NEW_TOKENS cached steps."""
+def describe_call(model, size: int, batch: int):
+    """A call that describes `batch` random pictures: encode, prefill, NEW_TOKENS cached steps."""
     from tinyvlm.generate import Sampling, generate
     from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
     model.eval()
@@ -58,12 +60,23 @@ def latency(model, size: int, batch: int, reps: int) -> float:
     n = model.image_token_counts(1)[0]
     prompt = [BOS_ID, USER_ID, IMAGE_START_ID] + [IMAGE_ID] * n + [IMAGE_END_ID] + list(range(40, 48)) + [ASSISTANT_ID]
     images = torch.randn(batch, 3, size, size)
-    return best_time(lambda: generate(model, [prompt] * batch, images, Sampling(max_new_tokens=NEW_TOKENS)),
-                     reps) / batch * 1e3
+    return lambda: generate(model, [prompt] * batch, images, Sampling(max_new_tokens=NEW_TOKENS))
 
 
-def train_speed(model, size: int, batch: int, steps: int) -> float:
-    """Training samples/s with the recipe's frozen encoder (--concept-pretrain --freeze-encoder)."""
+def read_call(model, size: int, batch: int):
+    """The part of a describe call that token reduction shortens: encode the pictures and prefill
+    the prompt (no new tokens)."""
+    from tinyvlm.generate import left_pad
+    from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
+    n = model.image_token_counts(1)[0]
+    prompt = [BOS_ID, USER_ID, IMAGE_START_ID] + [IMAGE_ID] * n + [IMAGE_END_ID] + list(range(40, 48)) + [ASSISTANT_ID]
+    ids, valid = left_pad([prompt] * batch)
+    images = torch.randn(batch, 3, size, size)
+    return lambda: model.prefill(ids, valid, images)
+
+
+def train_call(model, size: int, batch: int):
+    """One training step with the recipe's frozen encoder (--concept-pretrain --freeze-encoder)."""
     from tinyvlm.model import IGNORE
     from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
     from tinyvlm.train.config import bf16_supported
@@ -84,18 +97,20 @@ def train_speed(model, size: int, batch: int, steps: int) -> float:
             model(ids, images, labels)[1].backward()
         opt.step()
 
-    return batch / best_time(step, steps)
+    return step
 
 
-def best_time(fn, reps: int) -> float:
-    """Seconds fn takes, the best of reps after one warm-up call: the run least disturbed by the
-    machine's other work."""
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
+def best_times(calls: dict, reps: int) -> dict:
+    """Seconds each call takes, the best of reps after one warm-up call each. The calls take turns
+    (round-robin), so a burst of the machine's other work falls on every setting alike."""
+    for fn in calls.values():
         fn()
-        best = min(best, time.perf_counter() - t)
+    best = {key: float("inf") for key in calls}
+    for _ in range(reps):
+        for key, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t)
     return best
 
 
@@ -139,7 +154,8 @@ def plot(rows: list[dict], out: str):
 
 def table(rows: list[dict]) -> str:
     cols = [("size", "px"), ("name", "setting"), ("tokens", "image tokens"), ("ms_b1", "ms/img b1"),
-            ("speedup_b1", "x b1"), ("ms_b16", "ms/img b16"), ("speedup_b16", "x b16"), ("train_sps", "train samples/s"),
+            ("speedup_b1", "x b1"), ("ms_b16", "ms/img b16"), ("speedup_b16", "x b16"),
+            ("read_ms_b16", "of which encode+prefill"), ("train_sps", "train samples/s"),
             ("claim_precision", "claim precision"), ("hallucination", "halluc./thing"), ("vqa", "VQA")]
     fmt = lambda v: "—" if v is None else (f"{v:.3f}" if isinstance(v, float) and v < 10 else
                                            f"{v:.1f}" if isinstance(v, float) else str(v))
@@ -152,11 +168,13 @@ def main():
     p.add_argument("--sizes", default="64,224", help="picture sizes, in pixels, comma-separated")
     p.add_argument("--patch-size", type=int, default=16, help="patch size, in pixels")
     p.add_argument("--summary", default="4,16", help="summary tokens K for each size, comma-separated")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions (the best is kept)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions of each describe call (the best is kept)")
     p.add_argument("--train-batch", type=int, default=32, help="records per training step")
-    p.add_argument("--train-steps", type=int, default=3, help="timed training steps")
+    p.add_argument("--train-steps", type=int, default=3, help="timed training steps (the best is kept)")
     p.add_argument("--model", help="a trained all-token model dir for the quality columns (its picture size only)")
-    p.add_argument("--summary-model", dest="summary_model", help="a trained summariser model dir, same size and budget")
+    p.add_argument("--summary-model", dest="summary_model", help="a trained summariser model dir, same size")
+    p.add_argument("--budget-model", dest="budget_model",
+                   help="an all-token model trained in the summariser's wall-clock budget: a row of its own")
     p.add_argument("--data", help="world seed-1 scenes for quality (tinyvlm data world --seed 1)")
     p.add_argument("--n", type=int, default=100, help="scenes to evaluate")
     p.add_argument("--plot", help="write the quality-vs-speed plot here (PNG)")
@@ -167,28 +185,38 @@ def main():
     if a.model:
         from tinyvlm.api import TinyVLM
         trained = TinyVLM.from_pretrained(a.model).cfg.vit_image_size
+    from tinyvlm.model.reduce import ReduceConfig
     rows = []
     for size, k in zip((int(s) for s in a.sizes.split(",")), (int(s) for s in a.summary.split(","))):
-        base = None
-        for s in settings(size, a.patch_size, k):
-            from tinyvlm.model.reduce import ReduceConfig
+        todo, first = settings(size, a.patch_size, k), len(rows)
+        calls, trains = {}, {}
+        for i, s in enumerate(todo):
             model = model_for(size, a.patch_size, s["summary"])
             model.reduce = ReduceConfig(s["keep"], s["merge"])
-            row = {"size": size, "name": s["name"], "tokens": model.image_token_counts(1)[0]}
-            with torch.no_grad():
-                row["ms_b1"] = latency(model, size, 1, a.reps)
-                row["ms_b16"] = latency(model, size, 16, max(1, a.reps - 1))
-            if s["name"] == "all tokens" or s["summary"]:
-                row["train_sps"] = train_speed(model_for(size, a.patch_size, s["summary"]), size, a.train_batch,
-                                               a.train_steps)
-            base = base or row
-            row["speedup_b1"], row["speedup_b16"] = base["ms_b1"] / row["ms_b1"], base["ms_b16"] / row["ms_b16"]
+            s["tokens"] = model.image_token_counts(1)[0]
+            calls[i, 1], calls[i, 16] = describe_call(model, size, 1), describe_call(model, size, 16)
+            calls[i, "read"] = read_call(model, size, 16)
+            if i == 0 or s["summary"]:
+                trains[i] = train_call(model_for(size, a.patch_size, s["summary"]), size, a.train_batch)
+        with torch.no_grad():
+            secs = best_times(calls, a.reps)
+        step_secs = best_times(trains, a.train_steps)
+        for i, s in enumerate(todo):
+            row = {"size": size, "name": s["name"], "tokens": s["tokens"], "ms_b1": secs[i, 1] * 1e3,
+                   "ms_b16": secs[i, 16] / 16 * 1e3, "read_ms_b16": secs[i, "read"] / 16 * 1e3,
+                   "train_sps": a.train_batch / step_secs[i] if i in trains else None}
+            row["speedup_b1"], row["speedup_b16"] = secs[0, 1] / secs[i, 1], secs[0, 16] / secs[i, 16]
             if size == trained and a.data:
                 where = a.summary_model if s["summary"] else a.model
                 if where:
                     row.update(quality(where, a.data, a.n, s["keep"], s["merge"]))
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if s["summary"] and size == trained and a.data and a.budget_model:
+                same = {**rows[first], "name": "all tokens, summary's budget", "train_sps": None}
+                same.update(quality(a.budget_model, a.data, a.n, 1.0, 0))
+                rows.append(same)
+                print(json.dumps(same), flush=True)
     print(table(rows))
     if a.json:
         with open(a.json, "w") as f:
