@@ -136,7 +136,7 @@ def cmd_eval(a):
 
 def cmd_demo(a):
     from .demo import run_demo
-    run_demo(a.out, minutes=a.minutes, preset=a.preset, n_train=a.n_train, n_test=a.n_test, seed=a.seed)
+    run_demo(a.out, steps=a.steps, preset=a.preset, n_train=a.n_train, n_test=a.n_test, seed=a.seed)
 
 
 # the train options that map onto TrainConfig fields: (flag, type, what it is, in which unit)
@@ -300,9 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0 = off; 0.5 is the recipe's)")
     s.set_defaults(fn=cmd_eval)
 
+    from .demo import DEMO_STEPS
     s = command(sub, "demo", "the 10-minute tour: make data, train, describe held-out pictures, score")
     s.add_argument("--out", default="runs/demo", help="folder for the data, the model and the report")
-    s.add_argument("--minutes", type=float, default=8.0, help="training budget, in wall-clock minutes")
+    s.add_argument("--steps", type=int, default=DEMO_STEPS, help="training budget, in optimizer steps (a "
+                   "fixed count, so the demo's figures are the same on every machine)")
     s.add_argument("--preset", default="mini", help="model size: nano, mini, base or large")
     s.add_argument("--n-train", type=int, default=4000, help="picture-book scenes to train on")
     s.add_argument("--n-test", type=int, default=100, help="picture-book scenes to test on (seed + 1)")
