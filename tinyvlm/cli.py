@@ -41,7 +41,8 @@ def _add_sampling(p: argparse.ArgumentParser, max_new: str):
 
 def _sampling(a, default_max: int):
     from .generate import Sampling
-    return Sampling(max_new_tokens=a.max_new_tokens or default_max, temperature=a.temperature, top_k=a.top_k,
+    max_new = default_max if a.max_new_tokens is None else a.max_new_tokens  # 0 is an error, not "the default"
+    return Sampling(max_new_tokens=max_new, temperature=a.temperature, top_k=a.top_k,
                     top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed, ground=a.ground)
 
 
@@ -81,20 +82,21 @@ def cmd_train(a):
 def cmd_describe(a):
     from .api import TinyVLM
     from .data.batches import MAX_TOKENS
+    sampling = _sampling(a, MAX_TOKENS[a.style])  # the options are checked before the model is loaded
     vlm = TinyVLM.from_pretrained(a.model, device=a.device)
     from .data.images import load_image
     for path in a.images:
         load_image(path)  # every image checked before the model spends time on any
-    texts = vlm.describe(list(a.images), style=a.style, prefix=a.prefix,
-                         sampling=_sampling(a, MAX_TOKENS[a.style]))
+    texts = vlm.describe(list(a.images), style=a.style, prefix=a.prefix, sampling=sampling)
     for path, text in zip(a.images, texts):
         print(f"{path}\t{text}" if len(a.images) > 1 else text)
 
 
 def cmd_ask(a):
     from .api import TinyVLM
+    sampling = _sampling(a, 16)
     vlm = TinyVLM.from_pretrained(a.model, device=a.device)
-    print(vlm.ask(a.image, a.question, sampling=_sampling(a, 16)))
+    print(vlm.ask(a.image, a.question, sampling=sampling))
 
 
 def cmd_data_world(a):
