@@ -25,8 +25,7 @@ from .train import CONCEPT_STAGE, STATE, TrainConfig, train
 SUMMARY = ("run", "setting", *RUBRIC, "claim_precision", "hallucination_per_thing", "vqa",
            "probe")  # the full table is in the report
 DEMO_MODEL = dict(image_size=64, patch_size=16, stem="conv", concept_pretrain=0.3, freeze_encoder=True,
-                  dropout=0.0, tasks=("short", "qa"), batch_size=32, eval_every=200, save_every=200,
-                  dtype="fp32")  # bf16 is native on some CPUs only: fp32 gives every machine the same figures
+                  dropout=0.0, tasks=("short", "qa"), batch_size=32, eval_every=200, save_every=200)
 
 
 DEMO_STEPS = 5200  # 1,560 concept + 3,640 VLM steps, as many as 8 minutes gave on this 2-core machine
