@@ -3,7 +3,7 @@ from tinyvlm.cli import main
 
 
 def test_demo_runs_end_to_end_and_reruns(tmp_path, capsys):
-    argv = ["demo", "--out", str(tmp_path), "--minutes", "0.05", "--preset", "nano", "--n-train", "40", "--n-test", "6"]
+    argv = ["demo", "--out", str(tmp_path), "--steps", "12", "--preset", "nano", "--n-train", "40", "--n-test", "6"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "claims:" in out and "| model | short/free |" in out and "| blind |" in out

@@ -20,8 +20,8 @@ PACKAGE = Path(__file__).parents[1] / "tinyvlm"
 MAY_IMPORT_WORLD = {"world", "cli.py", "demo.py"}  # top-level entries of the package
 
 
-def world_imports(source: str, module: str) -> list[str]:
-    """The imports in `source` (the module `module`, e.g. "tinyvlm.eval.run") that reach tinyvlm.world,
+def world_imports(source: str, module: str, target: str = "tinyvlm.world") -> list[str]:
+    """The imports in `source` (the module `module`, e.g. "tinyvlm.eval.run") that reach `target`,
     absolute or relative ("from ..world import x", "from . import world", "from .world.scene import y")."""
     package = module.split(".")[:-1]  # a module's relative imports start from its package
     found = []
@@ -30,11 +30,11 @@ def world_imports(source: str, module: str) -> list[str]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
-            target = ".".join(p for p in (base, node.module or "") if p)
-            names = [target, *(f"{target}.{a.name}" for a in node.names)]
+            source_module = ".".join(p for p in (base, node.module or "") if p)
+            names = [source_module, *(f"{source_module}.{a.name}" for a in node.names)]
         else:
             continue
-        if any(n == "tinyvlm.world" or n.startswith("tinyvlm.world.") for n in names):
+        if any(n == target or n.startswith(target + ".") for n in names):
             found.append(f"line {node.lineno}: {ast.unparse(node)}")
     return found
 
@@ -49,6 +49,17 @@ def test_the_scan_catches_every_way_of_importing_the_world():
     assert world_imports("def f():\n    from tinyvlm.world import verify", "tinyvlm.api")
     assert not world_imports("from . import plugins\nfrom .text import words\nimport worldly", "tinyvlm.api")
     assert not world_imports("from ..data.world_notes import x", "tinyvlm.eval.run")
+
+
+def test_the_data_layer_does_not_import_the_model():
+    """Records, readers and batches are read by tools that never build a network (import, rewrite)."""
+    offenders = {}
+    for path in sorted((PACKAGE / "data").rglob("*.py")):
+        module = ".".join(("tinyvlm", *path.relative_to(PACKAGE).with_suffix("").parts))
+        for target in ("tinyvlm.model", "tinyvlm.api", "tinyvlm.train", "tinyvlm.generate"):
+            if found := world_imports(path.read_text(), module, target):
+                offenders[module] = found
+    assert not offenders, offenders
 
 
 def test_nothing_outside_the_world_imports_it_but_the_cli_and_the_demo():

@@ -20,7 +20,7 @@ from .concepts import ConceptHead, Grounding
 from .config import VLMConfig
 from .data.batches import MAX_TOKENS, Collator, Example, ask_prompt, describe_prompt
 from .data.images import preprocess
-from .errors import TinyVLMError
+from .errors import TinyVLMError, check_range
 from .generate import Constraint, Sampling, stream
 from .messages import parse_messages
 from .model import IGNORE, VisionLanguageModel
@@ -245,6 +245,7 @@ class TinyVLM:
         assistant turns in its history) given its images and the rest: how much the model believes
         a text, for ranking a true description above a false one. An example longer than the
         context raises TinyVLMError rather than score a cut text."""
+        check_range("batch_size", batch_size, 1, integer=True)
         self.model.eval()
         collate = Collator(self.tokenizer, self.cfg, self.image_fit, truncate=False,
                            image_tokens=self.model.image_token_counts(1)[0])

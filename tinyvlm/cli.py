@@ -50,7 +50,8 @@ def _add_reduce(p: argparse.ArgumentParser):
 
 def _sampling(a, default_max: int):
     from .generate import Sampling
-    return Sampling(max_new_tokens=a.max_new_tokens or default_max, temperature=a.temperature, top_k=a.top_k,
+    max_new = default_max if a.max_new_tokens is None else a.max_new_tokens  # 0 is an error, not "the default"
+    return Sampling(max_new_tokens=max_new, temperature=a.temperature, top_k=a.top_k,
                     top_p=a.top_p, repetition_penalty=a.repetition_penalty, seed=a.seed, ground=a.ground)
 
 
@@ -90,20 +91,21 @@ def cmd_train(a):
 def cmd_describe(a):
     from .api import TinyVLM
     from .data.batches import MAX_TOKENS
+    sampling = _sampling(a, MAX_TOKENS[a.style])  # the options are checked before the model is loaded
     vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge)
     from .data.images import load_image
     for path in a.images:
         load_image(path)  # every image checked before the model spends time on any
-    texts = vlm.describe(list(a.images), style=a.style, prefix=a.prefix,
-                         sampling=_sampling(a, MAX_TOKENS[a.style]))
+    texts = vlm.describe(list(a.images), style=a.style, prefix=a.prefix, sampling=sampling)
     for path, text in zip(a.images, texts):
         print(f"{path}\t{text}" if len(a.images) > 1 else text)
 
 
 def cmd_ask(a):
     from .api import TinyVLM
+    sampling = _sampling(a, 16)
     vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge)
-    print(vlm.ask(a.image, a.question, sampling=_sampling(a, 16)))
+    print(vlm.ask(a.image, a.question, sampling=sampling))
 
 
 def cmd_data_world(a):
@@ -146,7 +148,7 @@ def cmd_eval(a):
 
 def cmd_demo(a):
     from .demo import run_demo
-    run_demo(a.out, minutes=a.minutes, preset=a.preset, n_train=a.n_train, n_test=a.n_test, seed=a.seed)
+    run_demo(a.out, steps=a.steps, preset=a.preset, n_train=a.n_train, n_test=a.n_test, seed=a.seed)
 
 
 # the train options that map onto TrainConfig fields: (flag, type, what it is, in which unit)
@@ -314,9 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reduce(s)
     s.set_defaults(fn=cmd_eval)
 
+    from .demo import DEMO_STEPS
     s = command(sub, "demo", "the 10-minute tour: make data, train, describe held-out pictures, score")
     s.add_argument("--out", default="runs/demo", help="folder for the data, the model and the report")
-    s.add_argument("--minutes", type=float, default=8.0, help="training budget, in wall-clock minutes")
+    s.add_argument("--steps", type=int, default=DEMO_STEPS, help="training budget, in optimizer steps (a "
+                   "fixed count, so the demo's figures are the same on every machine)")
     s.add_argument("--preset", default="mini", help="model size: nano, mini, base or large")
     s.add_argument("--n-train", type=int, default=4000, help="picture-book scenes to train on")
     s.add_argument("--n-test", type=int, default=100, help="picture-book scenes to test on (seed + 1)")

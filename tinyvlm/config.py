@@ -9,10 +9,28 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
-from .errors import TinyVLMError
+from .errors import TinyVLMError, check_range
+from .tokenizer import SPECIALS
 
 
 STEMS = ("patch", "conv")  # the image encoder's patch embeddings (model/vision.py)
+
+# Every number's allowed range, as check_range's arguments (TrainConfig checks its overrides of
+# them by these too). The upper bounds are far beyond a tiny model and keep each size below
+# the point where building it would overflow.
+_SIZE, _RATIO = dict(lo=1, hi=65536, integer=True), dict(lo=0, hi=64, lo_open=True)
+LIMITS = {
+    "vit_image_size": dict(lo=1, hi=8192, integer=True, note="pixels"),
+    "vit_patch_size": dict(lo=1, hi=8192, integer=True, note="pixels"),
+    "vit_width": _SIZE, "vit_depth": dict(lo=1, hi=1024, integer=True), "vit_heads": _SIZE, "vit_mlp_ratio": _RATIO,
+    "mp_pixel_shuffle": dict(lo=1, hi=8192, integer=True),
+    "mp_summary_tokens": dict(lo=0, hi=8192, integer=True, note="0 = off"),
+    "lm_width": _SIZE, "lm_depth": dict(lo=1, hi=1024, integer=True), "lm_heads": _SIZE, "lm_mlp_ratio": _RATIO,
+    "lm_vocab_size": dict(lo=len(SPECIALS), hi=2**20, integer=True, note="tokens, the special ones included"),
+    "lm_max_len": dict(lo=1, hi=2**20, integer=True, note="tokens"),
+    "lm_rope_base": dict(lo=1, hi=1e9, lo_open=True),
+    "dropout": dict(lo=0, hi=1, hi_open=True, note="a probability"),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,10 @@ class VLMConfig:
     dropout: float = 0.1
 
     def __post_init__(self):
+        for name, limits in LIMITS.items():
+            check_range(name, getattr(self, name), **limits)
+        if not isinstance(self.lm_tie_weights, bool):
+            raise TinyVLMError(f"lm_tie_weights must be true or false; got {self.lm_tie_weights!r}")
         if self.vit_image_size % self.vit_patch_size:
             raise TinyVLMError(f"image size {self.vit_image_size} is not a multiple of patch size {self.vit_patch_size}")
         if self.vit_stem not in STEMS:
@@ -51,14 +73,15 @@ class VLMConfig:
         grid = self.vit_image_size // self.vit_patch_size
         if grid % self.mp_pixel_shuffle:
             raise TinyVLMError(f"patch grid {grid} is not divisible by pixel-shuffle factor {self.mp_pixel_shuffle}")
-        if not isinstance(self.mp_summary_tokens, int) or self.mp_summary_tokens < 0:
-            raise TinyVLMError(f"mp_summary_tokens must be a whole number >= 0 (0 = off); got {self.mp_summary_tokens!r}")
         if self.mp_summary_tokens and self.mp_pixel_shuffle > 1:
             raise TinyVLMError("summary tokens replace the patch grid, so pixel-shuffle cannot apply: "
                                "use mp_summary_tokens or mp_pixel_shuffle, not both")
         for name, width, heads in (("vit", self.vit_width, self.vit_heads), ("lm", self.lm_width, self.lm_heads)):
             if width % heads:
                 raise TinyVLMError(f"{name}_width {width} is not divisible by {name}_heads {heads}")
+        if self.lm_width // self.lm_heads % 2:
+            raise TinyVLMError(f"lm_width / lm_heads must be even (RoPE turns channels in pairs); got "
+                               f"{self.lm_width} / {self.lm_heads} = {self.lm_width // self.lm_heads}")
         if self.image_tokens + 2 >= self.lm_max_len:
             raise TinyVLMError(f"{self.image_tokens} image tokens do not fit in lm_max_len {self.lm_max_len}")
 

@@ -15,6 +15,7 @@ from .eval.report import markdown_table, score_rows
 from .eval.rubric import RUBRIC
 from .eval.run import EvalConfig, evaluate
 from .checkpoint import RUN_CHECKPOINT
+from .errors import MAX_COUNT, MAX_SEED, check_range
 from .train import CONCEPT_STAGE, STATE, TrainConfig, train
 
 # 64 px pictures in 16 px patches (17 image tokens) train ~3.7x faster than 8 px patches, and in a
@@ -27,21 +28,29 @@ DEMO_MODEL = dict(image_size=64, patch_size=16, stem="conv", concept_pretrain=0.
                   dropout=0.0, tasks=("short", "qa"), batch_size=32, eval_every=200, save_every=200)
 
 
-def run_demo(out: str = "runs/demo", minutes: float = 8.0, preset: str = "mini", n_train: int = 4000,
+DEMO_STEPS = 5200  # 1,560 concept + 3,640 VLM steps, as many as 8 minutes gave on this 2-core machine
+
+
+def run_demo(out: str = "runs/demo", steps: int = DEMO_STEPS, preset: str = "mini", n_train: int = 4000,
              n_test: int = 100, seed: int = 0) -> dict:
     t0 = time.time()
     out = Path(out)
     train_dir, test_dir, run = out / "world-train", out / "world-test", out / "model"
+    # every option is checked before the first scene is drawn
+    check_range("n_train", n_train, 1, MAX_COUNT, integer=True, note="scenes")
+    check_range("n_test", n_test, 1, MAX_COUNT, integer=True, note="scenes")
+    check_range("seed", seed, 0, MAX_SEED - 1, integer=True, note="the test scenes use seed + 1")
+    train_cfg = TrainConfig(data=str(train_dir), out=str(run), preset=preset, steps=steps, seed=seed, **DEMO_MODEL)
+    eval_cfg = EvalConfig(model=str(run), data=str(test_dir), out=str(out / "eval"), n=n_test, progress=False)
     print(f"1/4 making {n_train} picture-book scenes for training (seed {seed}) and {n_test} for testing (seed {seed + 1})")
     if not (train_dir / "world.jsonl").exists():
         write_world(train_dir, n=n_train, size=64, seed=seed)
     if not (test_dir / "world.jsonl").exists():
         write_world(test_dir, n=n_test, size=64, seed=seed + 1)
 
-    print(f"2/4 training the {preset} model for {minutes:g} minutes")
+    print(f"2/4 training the {preset} model for {steps:,} steps")
     resume = any((run / stage / STATE).exists() for stage in (RUN_CHECKPOINT, CONCEPT_STAGE))
-    train(TrainConfig(data=str(train_dir), out=str(run), preset=preset, minutes=minutes, seed=seed, **DEMO_MODEL),
-          resume=resume)
+    train(train_cfg, resume=resume)
 
     print("\n3/4 describing pictures it has never seen (claims checked against the scene)\n")
     vlm = TinyVLM.from_pretrained(run)
@@ -53,7 +62,7 @@ def run_demo(out: str = "runs/demo", minutes: float = 8.0, preset: str = "mini",
               f"(truth: {r.extra['short'][0]})\n")
 
     print("4/4 scoring on the held-out scenes (grounded judge; blind and nearest-neighbour baselines)\n")
-    results = evaluate(EvalConfig(model=str(run), data=str(test_dir), out=str(out / "eval"), n=n_test, progress=False))
+    results = evaluate(eval_cfg)
     header, rows = score_rows(results)
     keep = [i for i, h in enumerate(header) if h in SUMMARY]
     print(markdown_table([header[i] for i in keep], [[r[i] for i in keep] for r in rows]))

@@ -17,7 +17,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import torch
 
-from .errors import TinyVLMError, check_range
+from .errors import TinyVLMError, check_range, check_seed
 from .model import VisionLanguageModel
 from .tokenizer import EOS_ID, IMAGE_ID, PAD_ID, SPECIALS
 
@@ -38,13 +38,11 @@ class Sampling:
         check_range("max_new_tokens", self.max_new_tokens, 1, integer=True)
         check_range("temperature", self.temperature, 0, 100, note="0 = greedy")
         check_range("top_k", self.top_k, 0, integer=True, note="0 = off")
-        check_range("top_p", self.top_p, 0, 1, note="1 = off")
-        if self.top_p == 0:
-            raise TinyVLMError("top_p must be > 0 (1 = off); got 0")
+        check_range("top_p", self.top_p, 0, 1, lo_open=True, note="1 = off")
         check_range("repetition_penalty", self.repetition_penalty, 1e-3, 100, note="1 = off")
         check_range("ground", self.ground, 0, 1, hi_open=True, note="a probability threshold, 0 = off")
         if self.seed is not None:
-            check_range("seed", self.seed, 0, integer=True)
+            check_seed("seed", self.seed)
 
 
 def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from http.client import HTTPException
 from PIL import Image
 
 from .data.images import load_image
-from .errors import TinyVLMError
+from .errors import TinyVLMError, check_range
 
 _RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx
 _FENCE = re.compile(r"^```(?:json)?[ \t]*\n(.*)\n?```$", re.DOTALL)
@@ -37,6 +37,11 @@ class ChatClient:
     timeout: float = 60
     retries: int = 3
     backoff: float = 1.0
+
+    def __post_init__(self):
+        check_range("timeout", self.timeout, 0, 86400, lo_open=True, note="seconds for each answer")
+        check_range("retries", self.retries, 0, 100, integer=True)
+        check_range("backoff", self.backoff, 0, 3600, note="seconds before the first retry")
 
     @property
     def url(self) -> str:

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from ..errors import TinyVLMError
+from ..errors import MAX_COUNT, TinyVLMError, check_range, check_seed
 from ..files import remove_owned, write_atomic
 from .dataset import SHARD_FILES, pick_validation, split_key, write_shards
 from .images import load_image
@@ -40,8 +40,9 @@ def import_dataset(src: str | os.PathLike, fmt: str, out_dir: str | os.PathLike,
     """Read `src` (format `fmt`, or "auto"), validate, dedupe, split by image and write `out_dir`.
     `image_dir` overrides where coco/csv captions look for their images. Returns the report;
     with `progress`, shows a progress bar and prints the summary to stderr."""
-    if not 0 <= val_fraction < 1:
-        raise TinyVLMError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_range("val_fraction", val_fraction, 0, 1, hi_open=True, note="the share of pictures held out")
+    check_seed("seed", seed)
+    check_range("shard_size", shard_size, 1, MAX_COUNT, integer=True, note="records per shard file")
     fmt = guess_format(src) if fmt == "auto" else fmt  # import.json records the format actually used
     out = Path(out_dir).resolve()  # absolute, so write_jsonl stores paths relative to each shard
     images_dir = out / "images"

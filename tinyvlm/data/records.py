@@ -66,7 +66,9 @@ class Record:
         if not isinstance(d, dict):
             raise ValueError("a record must be a JSON object")
         images = d.get("images", [d["image"]] if "image" in d else None)
-        if not images or not all(isinstance(p, str) and p for p in images):
+        if isinstance(images, str):  # iterated, "abc" would be three paths
+            raise ValueError(f"'images' must be a list of paths; got the string {images[:40]!r} (use 'image' for one)")
+        if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
             raise ValueError("a record needs 'image' (a path) or 'images' (a list of paths)")
         prompt, text, turns = d.get("prompt", ""), d.get("text"), None
         if "turns" in d:

@@ -29,7 +29,8 @@ from ..data.batches import MAX_TOKENS, Example, ask_prompt, describe_prompt
 from ..data.dataset import open_records
 from ..data.images import fit_square, load_image
 from ..data.records import Record
-from ..errors import TinyVLMError
+from ..errors import MAX_COUNT, TinyVLMError, check_range
+from ..model.reduce import ReduceConfig
 from ..generate import Sampling
 from ..text import words
 from ..files import write_atomic
@@ -62,6 +63,18 @@ class EvalConfig:
     llm_model: str | None = None
     llm_api_key_env: str = "OPENAI_API_KEY"
     progress: bool = True
+
+    def __post_init__(self):
+        """Every number and style checked before the model or any data is read."""
+        check_range("n", self.n, 1, MAX_COUNT, integer=True, note="records")
+        check_range("batch_size", self.batch_size, 1, MAX_COUNT, integer=True)
+        check_range("max_questions", self.max_questions, 0, MAX_COUNT, integer=True, note="per record, 0 = no VQA")
+        check_range("ground", self.ground, 0, 1, hi_open=True, note="a probability threshold, 0 = off")
+        ReduceConfig(self.keep_tokens, self.merge)  # checks both
+        self.styles = tuple(self.styles)
+        if not self.styles or set(self.styles) - set(MAX_TOKENS):
+            raise TinyVLMError(f"unknown styles {','.join(self.styles)!r}: use {' or '.join(MAX_TOKENS)}, or both, "
+                               "comma-separated")
 
 
 def _labelled(plugin: plugins.Plugin, records: list[Record]) -> bool:

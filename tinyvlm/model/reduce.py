@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from ..config import VLMConfig
-from ..errors import TinyVLMError, check_range
+from ..errors import MAX_COUNT, TinyVLMError, check_range
 
 Merge = Callable[..., torch.Tensor]  # merge(x (N, T, C), mode="sum" | "mean") -> (N, T - r, C)
 
@@ -38,10 +38,8 @@ class ReduceConfig:
     merge: int = 0            # tokens merged per encoder block (ToMe's r); 0 = off
 
     def __post_init__(self):
-        check_range("keep_tokens", self.keep_tokens, 0, 1, note="a share of the patch tokens, 1 = all")
-        if self.keep_tokens == 0:
-            raise TinyVLMError("keep_tokens must be > 0 (a share of the patch tokens, 1 = all); got 0")
-        check_range("merge", self.merge, 0, integer=True, note="tokens merged per encoder block, 0 = off")
+        check_range("keep_tokens", self.keep_tokens, 0, 1, lo_open=True, note="a share of the patch tokens, 1 = all")
+        check_range("merge", self.merge, 0, MAX_COUNT, integer=True, note="tokens merged per encoder block, 0 = off")
 
     @property
     def active(self) -> bool:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import get_args
 
 import torch
 
-from ..config import VLMConfig, get_preset
+from ..config import LIMITS, VLMConfig, get_preset
 from ..data.batches import TASKS
-from ..errors import TinyVLMError
+from ..data.images import Fit
+from ..errors import MAX_COUNT, TinyVLMError, check_range, check_seed
+from ..tokenizer import SPECIALS
 
 
 @dataclass
@@ -52,19 +55,44 @@ class TrainConfig:
     # fields that may differ between a run and its resumption
     RUNTIME = ("device", "progress", "log_every")
 
+    # the preset overrides, checked by the model config's own ranges under their names here
+    OVERRIDES = {"image_size": "vit_image_size", "patch_size": "vit_patch_size", "pixel_shuffle": "mp_pixel_shuffle",
+                 "summary_tokens": "mp_summary_tokens",
+                 "max_len": "lm_max_len", "dropout": "dropout"}
+
     def __post_init__(self):
+        """Every field checked before any data is read: one clear line naming the first bad one."""
         if (self.steps is None) == (self.minutes is None):
             raise TinyVLMError("give a training budget: --steps N or --minutes M (one of them)")
-        if (self.steps is not None and self.steps < 1) or (self.minutes is not None and self.minutes <= 0):
-            raise TinyVLMError("the training budget must be positive")
+        if self.steps is not None:
+            check_range("steps", self.steps, 1, MAX_COUNT, integer=True, note="optimizer steps")
+        if self.minutes is not None:
+            check_range("minutes", self.minutes, 0, 1e6, lo_open=True, note="wall-clock minutes")
+        for name, theirs in self.OVERRIDES.items():
+            if getattr(self, name) is not None:
+                check_range(name, getattr(self, name), **LIMITS[theirs])
+        check_range("vocab_size", self.vocab_size, 256 + len(SPECIALS), LIMITS["lm_vocab_size"]["hi"], integer=True,
+                    note="tokens: the 256 bytes and the special tokens at least")
+        for name in ("batch_size", "grad_accum", "log_every", "eval_every", "save_every", "eval_batches"):
+            check_range(name, getattr(self, name), 1, MAX_COUNT, integer=True)
+        check_range("lr", self.lr, 0, 1, lo_open=True)
+        check_range("min_lr_ratio", self.min_lr_ratio, 0, 1, note="the last learning rate, as a share of lr")
+        check_range("warmup", self.warmup, 0, MAX_COUNT, integer=True, note="optimizer steps")
+        check_range("weight_decay", self.weight_decay, 0, 1)
+        check_range("grad_clip", self.grad_clip, 0, lo_open=True, note="the gradient's largest L2 norm")
+        check_range("concept_pretrain", self.concept_pretrain, 0, 1, hi_open=True, note="a share of the budget")
+        check_seed("seed", self.seed)
+        for name in ("freeze_encoder", "augment", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TinyVLMError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        if self.image_fit not in get_args(Fit):
+            raise TinyVLMError(f"unknown image_fit '{self.image_fit}': use {' or '.join(get_args(Fit))}")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise TinyVLMError(f"unknown dtype '{self.dtype}': use auto, fp32 or bf16")
         self.tasks = tuple(self.tasks)
         bad = set(self.tasks) - set(TASKS)
         if bad or not self.tasks:
             raise TinyVLMError(f"unknown task(s) {sorted(bad)}: choose from {', '.join(TASKS)}")
-        if not 0 <= self.concept_pretrain < 1:
-            raise TinyVLMError(f"concept_pretrain is a share of the budget, 0 <= share < 1; got {self.concept_pretrain}")
         if self.freeze_encoder and not self.concept_pretrain:
             raise TinyVLMError("freeze_encoder keeps the encoder as the concept stage left it, so it needs "
                                "concept_pretrain > 0 (a from-scratch encoder would stay random)")

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import TinyVLMError
+from ..errors import MAX_COUNT, TinyVLMError, check_range, check_seed
 from ..data.records import Record, iter_jsonl, write_jsonl
 from .describe import describe
 from .render import render
@@ -44,17 +44,12 @@ def _make(index: int, seed: int, size: int, out_dir: str, max_things: int) -> Re
 def write_world(out_dir: str | os.PathLike, n: int, size: int = 64, seed: int = 0, progress: bool = True,
                 workers: int | None = None, max_things: int = MAX_THINGS) -> Path:
     """Generate n scenes into out_dir; returns the path of world.jsonl."""
-    if not isinstance(n, int) or n < 1:
-        raise TinyVLMError(f"n must be a whole number of scenes >= 1, got {n}")
-    if not isinstance(size, int) or not 32 <= size <= 512:
-        raise TinyVLMError(f"image size must be 32..512 pixels, got {size}")
-    if not isinstance(seed, int):
-        raise TinyVLMError(f"seed must be a whole number, got {seed!r}")
+    check_range("n", n, 1, MAX_COUNT, integer=True, note="scenes")
+    check_range("size", size, 32, 512, integer=True, note="image size, in pixels")
+    check_seed("seed", seed)
+    check_range("max_things", max_things, 1, MAX_THINGS, integer=True, note="more do not fit a picture")
     workers = min(os.cpu_count() or 1, 2) if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
-        raise TinyVLMError(f"workers must be >= 1, got {workers}")
-    if not isinstance(max_things, int) or not 1 <= max_things <= MAX_THINGS:
-        raise TinyVLMError(f"max_things must be 1..{MAX_THINGS} (more do not fit a picture), got {max_things}")
+    check_range("workers", workers, 1, 1024, integer=True)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "world.json").write_text(json.dumps({"n": n, "size": size, "seed": seed, "max_things": max_things, "version": VERSION}, indent=1) + "\n")
