@@ -128,3 +128,17 @@ def test_summary_tokens_train_through_the_one_loop_and_save(tmp_path):
         TinyVLM.from_pretrained(tmp_path / "run", keep_tokens=0.5)
     with pytest.raises(TinyVLMError, match="pixel-shuffle"):
         get_preset("nano", mp_summary_tokens=2, mp_pixel_shuffle=2)
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["describe", "X", "--model", "X", "--keep-tokens", "nan"], "keep_tokens"),
+    (["ask", "X", "what?", "--model", "X", "--keep-tokens", "1.5"], "keep_tokens"),
+    (["eval", "--model", "X", "--data", "X", "--keep-tokens", "0"], "keep_tokens"),
+    (["eval", "--model", "X", "--data", "X", "--merge", "-1"], "merge"),
+    (["train", "--data", "X", "--out", "X", "--steps", "5", "--summary-tokens", "-2"], "summary_tokens"),
+])
+def test_bad_settings_are_one_line_before_anything_is_read(tmp_path, capsys, argv, name):
+    argv = [str(tmp_path / "missing") if a == "X" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and name in err[0], err
