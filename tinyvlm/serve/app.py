@@ -36,6 +36,8 @@ from .batcher import Batcher, Job, QueueFull
 from .schema import CaptionRequest, ChatRequest, QueryRequest
 
 STATIC = Path(__file__).parent / "static"
+# the page runs only its own script and sends only to its own server; pictures show as data: URLs
+PAGE_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'"
 QUERY_TOKENS = 16  # TinyVLM.ask's budget: the model's answers are a word or two
 
 
@@ -270,7 +272,7 @@ def create_app(vlm: TinyVLM, config: ServeConfig = ServeConfig(), name: str = "t
     # --- routes --------------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     async def page():
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get("/health")
     async def health():

@@ -142,7 +142,7 @@ class Batcher:
                     jobs[row].send(d)
                     open_[row] = d.finish is None
                 if not any(o and not j.cancelled for o, j in zip(open_, jobs)):
-                    if any(open_):
+                    if any(j.cancelled for j in jobs):  # not every row ran to its end
                         self.stats["stopped_early"] += 1
                     break
         except TinyVLMError as e:
