@@ -13,7 +13,6 @@ batch stops decoding as soon as every row is cancelled or finished.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from collections import deque
@@ -25,7 +24,6 @@ from ..errors import TinyVLMError
 from ..generate import Sampling
 
 log = logging.getLogger("tinyvlm.serve")
-_alone = itertools.count()  # keys no two jobs share
 
 
 class QueueFull(Exception):
@@ -51,11 +49,11 @@ class Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
-def batch_key(s: Sampling) -> tuple:
-    """Jobs with equal keys can share a batch: the same settings but for the token budget. A seeded
-    sampled job decodes alone, so that its seed alone decides its text."""
+def batch_key(s: Sampling) -> tuple | None:
+    """Jobs with equal keys can share a batch: the same settings but for the token budget. None: a
+    seeded sampled job decodes alone, so that its seed alone decides its text."""
     if s.temperature > 0 and s.seed is not None:
-        return ("alone", next(_alone))
+        return None
     return tuple(sorted((k, v) for k, v in asdict(s).items() if k != "max_new_tokens"))
 
 
@@ -111,9 +109,11 @@ class Batcher:
                 return None
             if self.gather_s and len(self._waiting) < self.max_batch:
                 self._cv.wait_for(lambda: len(self._waiting) >= self.max_batch or self._stopping, self.gather_s)
-            key = batch_key(self._waiting[0].sampling)
-            jobs = [j for j in self._waiting if batch_key(j.sampling) == key][: self.max_batch]
-            for j in jobs:
+            first = self._waiting.popleft()
+            key = batch_key(first.sampling)
+            alike = [j for j in self._waiting if key is not None and batch_key(j.sampling) == key]
+            jobs = [first] + alike[: self.max_batch - 1]
+            for j in jobs[1:]:
                 self._waiting.remove(j)
         return [j for j in jobs if not j.cancelled]
 
