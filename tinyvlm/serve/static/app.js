@@ -51,7 +51,8 @@ function handle(event) {
   if (event.error) throw new Error(event.error.message);
   if (event.chunk) $("answer").textContent += event.chunk;
   if (event.completed) {
-    say(`Done: ${event.usage.completion_tokens} tokens` + (event.finish_reason === "length" ? " (the limit)" : "") + ".");
+    const n = event.usage.completion_tokens;
+    say(`Done: ${n} token${n === 1 ? "" : "s"}` + (event.finish_reason === "length" ? " (the limit)" : "") + ".");
   }
 }
 
