@@ -247,16 +247,21 @@ def create_app(vlm: TinyVLM, config: ServeConfig = ServeConfig(), name: str = "t
         finally:
             job.cancel()
 
+    async def whole(job: Job, stops: list[str], request: Request) -> tuple[str, str | None, int]:
+        """The job's whole text, its finish reason and the tokens it wrote."""
+        parts, finish, n = [], None, 0
+        async for text, finish, n in pieces(job, stops, request):
+            parts.append(text)
+        return "".join(parts), finish, n
+
     def usage(prompt: int, written: int) -> dict:
         return {"prompt_tokens": prompt, "completion_tokens": written, "total_tokens": prompt + written}
 
     async def answer(job: Job, prompt: int, key: str, stream: bool, request: Request):
         """moondream's reply: {key: text} whole, or SSE {"chunk": text} ... {"completed": true}."""
         if not stream:
-            parts, finish, n = [], None, 0
-            async for text, finish, n in pieces(job, [], request):
-                parts.append(text)
-            return {key: "".join(parts), "finish_reason": finish, "usage": usage(prompt, n)}
+            text, finish, n = await whole(job, [], request)
+            return {key: text, "finish_reason": finish, "usage": usage(prompt, n)}
 
         async def events():
             try:
@@ -293,11 +298,9 @@ def create_app(vlm: TinyVLM, config: ServeConfig = ServeConfig(), name: str = "t
         head = {"id": ident, "created": created, "model": name}
 
         if not body.stream:
-            parts, finish, n = [], None, 0
-            async for text, finish, n in pieces(job, stops, request):
-                parts.append(text)
+            text, finish, n = await whole(job, stops, request)
             return {**head, "object": "chat.completion", "usage": usage(prompt, n),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                                  "finish_reason": finish, "logprobs": None}]}
 
         def chunk(delta: dict, finish: str | None = None) -> str:
