@@ -146,6 +146,21 @@ def cmd_eval(a):
         print(f"\nreport: {a.out}/report.md, {a.out}/report.html; all figures: {a.out}/results.json")
 
 
+def cmd_serve(a):
+    import os
+    try:
+        import fastapi, uvicorn  # noqa: F401,E401
+    except ImportError:
+        raise TinyVLMError("tinyvlm serve needs FastAPI and uvicorn: pip install 'tinyvlm[serve]'") from None
+    from .serve import serve
+    from .serve.app import ServeConfig
+    config = ServeConfig(api_key=a.api_key or os.environ.get("TINYVLM_API_KEY") or None,
+                         max_body_bytes=a.max_body_mib * 2**20, max_images=a.max_images,
+                         max_image_bytes=a.max_image_mib * 2**20, max_pixels=a.max_pixels, max_tokens=a.max_tokens,
+                         max_batch=a.max_batch, max_queue=a.max_queue, timeout_s=a.timeout)
+    serve(a.model, host=a.host, port=a.port, config=config, device=a.device)
+
+
 def cmd_demo(a):
     from .demo import run_demo
     run_demo(a.out, steps=a.steps, preset=a.preset, n_train=a.n_train, n_test=a.n_test, seed=a.seed)
@@ -184,7 +199,7 @@ def _train_default(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinyvlm", formatter_class=_Help,
-                                description="Build, train, run and evaluate small vision-language models.")
+                                description="Build, train, run, evaluate and serve small vision-language models.")
     from . import __version__
     p.add_argument("--version", action="version", version=f"tinyvlm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -315,6 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0 = off; 0.5 is the recipe's)")
     _add_reduce(s)
     s.set_defaults(fn=cmd_eval)
+
+    s = command(sub, "serve", "serve a model over HTTP: an OpenAI-compatible API and a web page (docs/serving.md)")
+    s.add_argument("--model", required=True, help="model or run directory")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0 opens the server to the network: set an API key)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $TINYVLM_API_KEY, else none)")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    s.add_argument("--max-batch", type=int, default=8, help="requests decoded together, at most")
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting, at most; more are answered 429")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take, waiting included")
+    s.add_argument("--max-tokens", type=int, default=256, help="the most tokens a request may ask for")
+    s.add_argument("--max-images", type=int, default=4, help="pictures in one request, at most")
+    s.add_argument("--max-image-mib", type=int, default=8, help="one encoded picture, at most, in MiB")
+    s.add_argument("--max-pixels", type=int, default=4096 * 4096, help="one picture, at most, in pixels")
+    s.add_argument("--max-body-mib", type=int, default=16, help="a request body, at most, in MiB")
+    s.set_defaults(fn=cmd_serve)
 
     from .demo import DEMO_STEPS
     s = command(sub, "demo", "the 10-minute tour: make data, train, describe held-out pictures, score")
