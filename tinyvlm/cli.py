@@ -9,7 +9,7 @@ import sys
 from dataclasses import fields
 
 from .config import STEMS
-from .errors import TinyVLMError
+from .errors import TinyVLMError, check_range
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -154,6 +154,9 @@ def cmd_serve(a):
         raise TinyVLMError("tinyvlm serve needs FastAPI and uvicorn: pip install 'tinyvlm[serve]'") from None
     from .serve import serve
     from .serve.app import ServeConfig
+    check_range("port", a.port, 0, 65535, integer=True)
+    for name in ("max_body_mib", "max_image_mib"):  # the options' units; ServeConfig checks its bytes
+        check_range(name, getattr(a, name), 1, integer=True)
     config = ServeConfig(api_key=a.api_key or os.environ.get("TINYVLM_API_KEY") or None,
                          max_body_bytes=a.max_body_mib * 2**20, max_images=a.max_images,
                          max_image_bytes=a.max_image_mib * 2**20, max_pixels=a.max_pixels, max_tokens=a.max_tokens,
