@@ -4,5 +4,5 @@ from .config import PRESETS, VLMConfig, get_preset
 from .errors import TinyVLMError
 from .generate import Sampling
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["TinyVLM", "VLMConfig", "PRESETS", "get_preset", "Sampling", "TinyVLMError"]
