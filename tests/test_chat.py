@@ -250,3 +250,17 @@ def test_a_decompression_bomb_in_a_data_url_is_one_clear_line():
     url = "data:image/png;base64," + base64.b64encode(bomb.read_bytes()).decode()
     with pytest.raises(TinyVLMError, match="pixel"):
         _vlm().chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}])
+
+
+def test_stream_logprob_is_read_before_a_constraint_bans_tokens():
+    """A constraint changes what may be chosen, not what the model believed of the choice."""
+    vlm = _vlm()
+    m = vlm.model
+    prompt = vlm.tokenizer.encode_conversation([("user", "<image>")], [m.cfg.image_tokens], "").ids
+    images = torch.randn(1, 3, 32, 32)
+    logits, _ = m(torch.tensor([prompt]), images)
+    first = logits[0, -1].log_softmax(-1)
+    best = int(first.argmax())
+    ban_half = lambda new, lg: torch.arange(lg.shape[-1])[None] % 2 != best % 2  # only best's parity allowed
+    tok = next(stream(m, [prompt], images, Sampling(max_new_tokens=3), constraint=ban_half))
+    assert tok.id == best and abs(tok.logprob - first[best].item()) < 1e-5

@@ -103,7 +103,7 @@ def stream(model: VisionLanguageModel, prompts: list[list[int]], images: torch.T
     longest = max(len(p) for p in prompts)
     if longest >= model.cfg.lm_max_len:
         raise TinyVLMError(f"prompt of {longest} tokens is too long: the model reads at most "
-                           f"{model.cfg.lm_max_len - 1} (a picture takes {model.cfg.image_tokens + 2})")
+                           f"{model.cfg.lm_max_len - 1} (a picture takes {model.image_token_counts(1)[0] + 2})")
     steps = min(sampling.max_new_tokens, model.cfg.lm_max_len - longest)
     gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
 
@@ -116,10 +116,11 @@ def stream(model: VisionLanguageModel, prompts: list[list[int]], images: torch.T
     out = torch.full((len(prompts), steps), PAD_ID, dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool)
     for t in range(steps):
+        logp = logits.float().log_softmax(-1)  # the model's own distribution, before any constraint
         if constraint is not None:
             logits = logits.masked_fill(constraint(out[:, :t], logits).to(device), float("-inf"))
         nxt = _next_token(logits, history, sampling, gen).cpu()
-        logp = logits.float().log_softmax(-1).gather(1, nxt.to(device)[:, None]).squeeze(1).cpu()
+        logp = logp.gather(1, nxt.to(device)[:, None]).squeeze(1).cpu()
         for row in (~done).nonzero().flatten().tolist():
             finish = "stop" if nxt[row] == EOS_ID else "length" if t == steps - 1 else None
             yield Token(row, int(nxt[row]), float(logp[row]), finish)
