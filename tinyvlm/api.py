@@ -118,7 +118,7 @@ class TinyVLM:
         meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": FORMAT}
         if self.concept_head is not None:
             meta["concepts"] = self.concepts
-            plugin = self.concept_plugin or plugins.labeller(self.concepts)
+            plugin = self.labelled_by()
             if plugin:
                 meta["concept_plugin"] = plugin
             save_file(cpu_state(self.concept_head), d / CONCEPT_HEAD)
@@ -128,6 +128,11 @@ class TinyVLM:
             state.pop("decoder.head.weight")
         save_file(state, d / WEIGHTS)
         self.tokenizer.save(d / TOKENIZER)
+
+    def labelled_by(self) -> str | None:
+        """The plug-in that labelled the concept head's concepts: as named, or found from the
+        concepts themselves (a run sets the head after the model is built; old models name none)."""
+        return self.concept_plugin or plugins.labeller(self.concepts)
 
     # --- use -----------------------------------------------------------------------------------
     @property
@@ -219,7 +224,7 @@ class TinyVLM:
         probs = (self.concept_head.patch_probs(self.model.vision(pixels.to(self.device))).cpu()
                  if pixels is not None else torch.zeros(0, 0, len(self.concepts)))  # (N, P, concepts)
         rows = [r.flatten(0, 1) for r in probs.split(per_row)]  # each row's patches, over all its pictures
-        name = self.concept_plugin or plugins.labeller(self.concepts)
+        name = self.labelled_by()
         make = plugins.get(name).grounding if name else Grounding
         return make(rows, self.concepts, self.tokenizer, threshold, self.cfg.lm_vocab_size, context)
 
