@@ -12,15 +12,14 @@ Bounded in count (--requests) and in time (--seconds a run: no request starts af
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import io
-import itertools
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def run(model: Path, max_batch: int, a) -> dict:
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "tinyvlm", "serve", "--model", str(model), "--port", str(port),
                                "--max-batch", str(max_batch), "--max-queue", str(a.clients * 2),
-                               "--timeout", str(a.timeout)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--timeout", str(a.timeout)] + (["--threads", str(a.threads)] if a.threads else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -81,36 +80,41 @@ def run(model: Path, max_batch: int, a) -> dict:
             {"type": "text", "text": "What is in the picture?"}]}], "max_tokens": a.max_tokens} for i in range(64)]
         httpx.post(url + "/v1/chat/completions", json=bodies[0], timeout=60)  # warm up
         start_rss = peak = rss_mib(server.pid)
-        counter, lock = itertools.count(), threading.Lock()
         latencies, codes, dropped = [], [], [0]
         stop_at = time.monotonic() + a.seconds
+        sent = iter(range(a.requests))
 
-        def client():
+        async def client(http: httpx.AsyncClient):
+            # one event loop drives every client, so the load generator itself costs little CPU
+            for i in sent:
+                if time.monotonic() >= stop_at:
+                    return
+                t = time.monotonic()
+                try:
+                    r = await http.post("/v1/chat/completions", json=bodies[i % len(bodies)])
+                except httpx.HTTPError:
+                    dropped[0] += 1
+                    continue
+                latencies.append(time.monotonic() - t)
+                codes.append(r.status_code)
+
+        async def watch(done: asyncio.Event):
             nonlocal peak
-            with httpx.Client(base_url=url, timeout=a.timeout + 10) as http:
-                while time.monotonic() < stop_at:
-                    with lock:
-                        i = next(counter)
-                    if i >= a.requests:
-                        return
-                    t = time.monotonic()
-                    try:
-                        r = http.post("/v1/chat/completions", json=bodies[i % len(bodies)])
-                    except httpx.HTTPError:
-                        with lock:
-                            dropped[0] += 1
-                        continue
-                    with lock:
-                        latencies.append(time.monotonic() - t)
-                        codes.append(r.status_code)
+            while not done.is_set():
+                peak = max(peak, rss_mib(server.pid))
+                await asyncio.sleep(0.2)
 
-        threads = [threading.Thread(target=client) for _ in range(a.clients)]
+        async def load():
+            done = asyncio.Event()
+            limits = httpx.Limits(max_connections=a.clients)
+            async with httpx.AsyncClient(base_url=url, timeout=a.timeout + 10, limits=limits) as http:
+                watcher = asyncio.create_task(watch(done))
+                await asyncio.gather(*(client(http) for _ in range(a.clients)))
+                done.set()
+                await watcher
+
         t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            peak = max(peak, rss_mib(server.pid))
-            time.sleep(0.2)
+        asyncio.run(load())
         wall = time.monotonic() - t0
         end_rss = rss_mib(server.pid)
         health = httpx.get(url + "/health").json()
@@ -134,6 +138,7 @@ def main():
     p.add_argument("--max-tokens", type=int, default=16, help="max_tokens of each request")
     p.add_argument("--max-batch", type=int, default=8, help="the batched run's --max-batch")
     p.add_argument("--seconds", type=float, default=300, help="no request starts after this many seconds of a run")
+    p.add_argument("--threads", type=int, default=None, help="the server's --threads (default: its own)")
     p.add_argument("--timeout", type=float, default=60, help="the server's and (plus 10 s) the client's timeout")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -161,7 +161,9 @@ def cmd_serve(a):
                          max_body_bytes=a.max_body_mib * 2**20, max_images=a.max_images,
                          max_image_bytes=a.max_image_mib * 2**20, max_pixels=a.max_pixels, max_tokens=a.max_tokens,
                          max_batch=a.max_batch, max_queue=a.max_queue, timeout_s=a.timeout)
-    serve(a.model, host=a.host, port=a.port, config=config, device=a.device)
+    if a.threads is not None:
+        check_range("threads", a.threads, 1, integer=True)
+    serve(a.model, host=a.host, port=a.port, config=config, device=a.device, threads=a.threads)
 
 
 def cmd_demo(a):
@@ -342,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $TINYVLM_API_KEY, else none)")
     s.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads that decode (default: the CPU's cores less one, for the HTTP side)")
     s.add_argument("--max-batch", type=int, default=8, help="requests decoded together, at most")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting, at most; more are answered 429")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take, waiting included")
