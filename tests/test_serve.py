@@ -373,13 +373,18 @@ def test_requests_that_arrive_together_are_decoded_together(vlm, monkeypatch):
 
 # --- the command line, and the page in a browser ---------------------------------------------------
 def test_tinyvlm_serve_from_the_command_line_with_a_key_from_the_environment(vlm, tmp_path):
+    """...and with fewer visual tokens: --keep-tokens 0.5 halves what a picture costs the prompt."""
     vlm.save_pretrained(tmp_path / "model")
+    from tinyvlm.messages import parse_messages
+    turns, _ = parse_messages(_ask("What is this?", RED)["messages"])
+    full = vlm.tokenizer.encode_conversation(turns, vlm.model.image_token_counts(1), "").ids
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "TINYVLM_API_KEY": "k3y"}
     proc = subprocess.Popen([sys.executable, "-m", "tinyvlm", "serve", "--model", str(tmp_path / "model"),
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--port", str(port), "--threads", "1", "--keep-tokens", "0.5"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -391,8 +396,11 @@ def test_tinyvlm_serve_from_the_command_line_with_a_key_from_the_environment(vlm
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
                 time.sleep(0.2)
         assert httpx.get(url + "/v1/models").status_code == 401
-        r = httpx.post(url + "/v1/chat/completions", json=_ask(max_tokens=2), headers={"Authorization": "Bearer k3y"})
+        r = httpx.post(url + "/v1/chat/completions", json=_ask("What is this?", RED, max_tokens=2),
+                       headers={"Authorization": "Bearer k3y"})
         assert r.status_code == 200 and r.json()["model"] == "model"
+        patches = vlm.cfg.image_tokens  # the picture's tokens between its markers, all kept
+        assert r.json()["usage"]["prompt_tokens"] == len(full) - patches + -(-patches // 2)
     finally:
         proc.terminate()
         proc.wait(20)

@@ -163,7 +163,8 @@ def cmd_serve(a):
                          max_batch=a.max_batch, max_queue=a.max_queue, timeout_s=a.timeout)
     if a.threads is not None:
         check_range("threads", a.threads, 1, integer=True)
-    serve(a.model, host=a.host, port=a.port, config=config, device=a.device, threads=a.threads)
+    serve(a.model, host=a.host, port=a.port, config=config, device=a.device, threads=a.threads,
+          keep_tokens=a.keep_tokens, merge=a.merge)
 
 
 def cmd_demo(a):
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-image-mib", type=int, default=8, help="one encoded picture, at most, in MiB")
     s.add_argument("--max-pixels", type=int, default=4096 * 4096, help="one picture, at most, in pixels")
     s.add_argument("--max-body-mib", type=int, default=16, help="a request body, at most, in MiB")
+    _add_reduce(s)
     s.set_defaults(fn=cmd_serve)
 
     from .demo import DEMO_STEPS

@@ -14,15 +14,16 @@ def default_threads() -> int:
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, config=None,
-          device: str = "cpu", threads: int | None = None) -> None:
+          device: str = "cpu", threads: int | None = None, keep_tokens: float = 1.0, merge: int = 0) -> None:
     """Load the model in `model` and serve it until interrupted, decoding with `threads` torch threads
-    (default: `default_threads()`)."""
+    (default: `default_threads()`). `keep_tokens` and `merge` spend fewer visual tokens, as in
+    `TinyVLM.from_pretrained` (docs/visual_tokens.md)."""
     import torch
     import uvicorn
 
     from ..api import TinyVLM
     from .app import ServeConfig, create_app
     torch.set_num_threads(threads or default_threads())
-    vlm = TinyVLM.from_pretrained(model, device=device)
+    vlm = TinyVLM.from_pretrained(model, device=device, keep_tokens=keep_tokens, merge=merge)
     app = create_app(vlm, config or ServeConfig(), name=Path(model).resolve().name)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
