@@ -174,3 +174,27 @@ def test_a_broken_picture_is_skipped_and_named_once_and_resume_gets_past_it(tmp_
     assert named == ["000.png", "bad.png"], named
     assert [r["step"] for r in rows if "loss" in r][-1] == 18  # the VLM stage's 18 steps, all done
     assert any("val_loss" in r for r in rows) and any("val_concept_f1" in r for r in rows)
+
+
+def test_a_model_names_the_tasks_it_was_trained_on_and_warns_on_others(tmp_path, shapes, capsys):
+    """Captions teach ShortDesc only: the saved model keeps that, and asking it for a LongDesc or a
+    question warns (one line from the CLI) instead of silently writing text unlike its training."""
+    import warnings
+
+    from tinyvlm import TinyVLM
+    from tinyvlm.cli import main
+    from tinyvlm.errors import TrainedTaskWarning
+    train(_cfg(tmp_path, shapes, steps=2))
+    vlm = TinyVLM.from_pretrained(tmp_path / "run")
+    assert vlm.tasks == ("short",)
+    picture = str(next((shapes.parent / "images").iterdir()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vlm.describe(picture, style="short")  # what it learned: no warning
+    with pytest.warns(TrainedTaskWarning, match="never trained on LongDesc.*trained on short"):
+        vlm.describe(picture, style="long")
+    with pytest.warns(TrainedTaskWarning, match="questions"):
+        vlm.ask(picture, "what colour is it?")
+    assert main(["describe", picture, "--model", str(tmp_path / "run"), "--style", "long"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("tinyvlm: warning: this model was never trained on LongDesc") == 1 and "Traceback" not in err

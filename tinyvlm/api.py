@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -20,7 +21,7 @@ from .concepts import ConceptHead, Grounding
 from .config import VLMConfig
 from .data.batches import MAX_TOKENS, Collator, Example, ask_prompt, describe_prompt
 from .data.images import preprocess
-from .errors import TinyVLMError, check_range
+from .errors import TinyVLMError, TrainedTaskWarning, check_range
 from .generate import Constraint, Sampling, stream
 from .messages import parse_messages
 from .model import IGNORE, VisionLanguageModel
@@ -67,6 +68,7 @@ class TinyVLM:
         self.model, self.tokenizer, self.image_fit = model, tokenizer, image_fit
         self.cfg = model.cfg
         self.concepts, self.concept_head, self.concept_plugin = concepts, concept_head, concept_plugin
+        self.tasks: tuple[str, ...] | None = None  # what its training taught (learned_tasks); None: not known
 
     # --- files -------------------------------------------------------------------------------
     @classmethod
@@ -105,7 +107,9 @@ class TinyVLM:
             head.to(dev).eval()
         # a model saved before plug-ins names none: its concepts say (scene concepts: the world's)
         plugin = meta.get("concept_plugin") or (plugins.labeller(meta["concepts"]) if head is not None else None)
-        return cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"), meta.get("concepts"), head, plugin)
+        vlm = cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"), meta.get("concepts"), head, plugin)
+        vlm.tasks = tuple(meta["tasks"]) if meta.get("tasks") else None
+        return vlm
 
     def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
         with atomic_dir(path, also=extra_files or ()) as tmp:
@@ -116,6 +120,8 @@ class TinyVLM:
 
     def write_files(self, d: Path) -> None:
         meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": FORMAT}
+        if self.tasks:
+            meta["tasks"] = list(self.tasks)
         if self.concept_head is not None:
             meta["concepts"] = self.concepts
             plugin = self.labelled_by()
@@ -235,6 +241,7 @@ class TinyVLM:
         batch = [images] if single else list(images)
         if style not in ("short", "long"):
             raise TinyVLMError(f"unknown style '{style}': use 'short' or 'long'")
+        self._check_trained(style, f"{'ShortDesc' if style == 'short' else 'LongDesc'} ('{style}')")
         s = sampling or Sampling(max_new_tokens=MAX_TOKENS[style])
         out = self.generate([describe_prompt(style)] * len(batch), [[im] for im in batch], [prefix] * len(batch), s)
         return out[0] if single else out
@@ -242,7 +249,14 @@ class TinyVLM:
     def ask(self, image: ImageLike, question: str, sampling: Sampling | None = None) -> str:
         if not question.strip():
             raise TinyVLMError("the question is empty")
+        self._check_trained("qa", "questions ('qa')")
         return self.generate([ask_prompt(question)], [[image]], sampling=sampling or Sampling(max_new_tokens=16))[0]
+
+    def _check_trained(self, task: str, what: str) -> None:
+        """Warn (one line) when the model's training never taught `task`: its text will show it."""
+        if self.tasks and task not in self.tasks:
+            warnings.warn(f"this model was never trained on {what}; it was trained on {', '.join(self.tasks)}, "
+                          "so expect text unlike what was asked", TrainedTaskWarning, stacklevel=3)
 
     @torch.no_grad()
     def logprob(self, examples: Sequence[Example], batch_size: int = 32) -> list[float]:

@@ -5,7 +5,9 @@ User mistakes (TinyVLMError) print one line and exit 2; nothing prints a traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from dataclasses import fields
 
 from .config import STEMS
@@ -147,7 +149,6 @@ def cmd_eval(a):
 
 
 def cmd_serve(a):
-    import os
     try:
         import fastapi, uvicorn  # noqa: F401,E401
     except ImportError:
@@ -371,8 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    """tinyvlm's own warnings as one line, like its errors (Python's format adds a source line)."""
+    if issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE):
+        print(f"tinyvlm: warning: {message}", file=file or sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _warning_line
     try:
         args.fn(args)
     except TinyVLMError as e:

@@ -12,6 +12,10 @@ class TinyVLMError(Exception):
     (one line) and exits 2 instead of showing a traceback."""
 
 
+class TrainedTaskWarning(UserWarning):
+    """A model was asked for a task (a description style, questions) its training never taught."""
+
+
 def check_range(name: str, value, lo: float | None = None, hi: float | None = None, *, integer: bool = False,
                 lo_open: bool = False, hi_open: bool = False, note: str = "") -> None:
     """Raise one clear TinyVLMError unless `value` is a finite number (a whole number with

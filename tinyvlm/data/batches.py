@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -44,6 +45,23 @@ def ask_prompt(question: str, n_images: int = 1) -> str:
     return image_slots(" " + question.strip(), n_images)
 
 
+def task_options(record: Record, tasks: tuple[str, ...] = TASKS) -> list[str]:
+    """The tasks of `tasks` that a picture-book record has texts for ([] for other records)."""
+    x = record.extra
+    return [t for t in tasks if (t == "qa" and x.get("questions")) or x.get(t)]
+
+
+def learned_tasks(records: Iterable[Record], tasks: tuple[str, ...] = TASKS) -> tuple[str, ...]:
+    """What training on `records` teaches, in TASKS' order: the picture-book tasks they have texts
+    for, 'short' for a caption (a caption is taught under the ShortDesc prompt) and 'chat' for a
+    conversation. Kept in a model's config, so that it can say when asked for something else."""
+    seen: set[str] = set()
+    for r in records:
+        options = task_options(r, tasks)
+        seen.update(options or ["chat" if r.turns else "qa" if r.prompt else "short"])
+    return tuple(t for t in TASKS + ("chat",) if t in seen)
+
+
 def record_to_example(record: Record, rng: random.Random, tasks: tuple[str, ...] = TASKS,
                       prefer: str | None = None) -> Example:
     """One training example from a record. Picture-book records carry paraphrases of a short and a
@@ -51,7 +69,7 @@ def record_to_example(record: Record, rng: random.Random, tasks: tuple[str, ...]
     are drawn from `rng` (seeded per epoch). Other records teach their own text, or one of their
     references (a fresh one each epoch)."""
     x = record.extra
-    options = [t for t in tasks if (t == "qa" and x.get("questions")) or x.get(t)]
+    options = task_options(record, tasks)
     if options:
         task = prefer if prefer in options else rng.choice(options)
         if task == "qa":

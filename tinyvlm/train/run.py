@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..api import TinyVLM, pick_device
 from ..checkpoint import RUN_CHECKPOINT, read_json
-from ..data.batches import Collator
+from ..data.batches import Collator, learned_tasks
 from ..data.dataset import RecordSource, held_out, open_records
 from ..data.records import Record
 from ..errors import TinyVLMError
@@ -95,6 +95,7 @@ class Trainer:
         tok = Tokenizer.train(training_texts(self.train_src), cfg.vocab_size)
         mcfg = cfg.model_config(lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
         self.vlm = TinyVLM(VisionLanguageModel(mcfg).to(self.device), tok, cfg.image_fit)
+        self.vlm.tasks = learned_tasks(self.train_src, cfg.tasks)
         self.out.mkdir(parents=True, exist_ok=True)
         if not keep_metrics:
             (self.out / METRICS).write_text("")
