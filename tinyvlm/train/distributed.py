@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -122,9 +123,14 @@ class Dist:
         except RuntimeError as e:
             if not self.enabled or not _is_peer_failure(e):
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
             raise TinyVLMError(f"training process {self.rank} of {self.world} lost another process (it stopped, or "
-                               f"did not answer within --dist-timeout): {first[:200]}") from None
+                               f"did not answer within --dist-timeout): {_first_sentence(e)}") from None
+
+
+def _first_sentence(e: BaseException) -> str:
+    """The backend's message without its source location: "Connection closed by peer [127.0.0.1]:4242"."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().split("\n")[0]) or e.__class__.__name__
+    return text.split(". ")[0][:200]
 
 
 def _is_peer_failure(e: BaseException) -> bool:
@@ -173,9 +179,8 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT) -> I
         td.init_process_group(backend, rank=rank, world_size=world,
                               timeout=datetime.timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise TinyVLMError(f"training process {rank} of {world} could not join the others ({backend}, "
-                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}): {first[:200]}") from None
+                           f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}): {_first_sentence(e)}") from None
     dist = Dist(rank, world, local, owns_group=True)
     try:
         with dist.peers_guard():
