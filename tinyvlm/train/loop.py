@@ -221,7 +221,8 @@ def run_stage(stage: Stage):
     cfg, dist = stage.cfg, stage.trainer.dist
     if stage.total_steps is None:  # rank 0 times the steps; every process takes its count
         estimate = stage.estimate_steps(iter(stage.stream())) if dist.is_main else 0
-        stage.total_steps = round(dist.broadcast_float(estimate))
+        agreed = dist.broadcast_float(-1 if estimate is None else estimate)  # None: no estimate
+        stage.total_steps = None if agreed < 0 else round(agreed)
     stream = stage.stream(stage.epoch, stage.pos)
     records = iter(stream)
     stage.train_mode()
