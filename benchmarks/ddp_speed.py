@@ -2,7 +2,7 @@
 the same data, model and global batch: samples per second, as `tinyvlm train` logs them.
 
     python benchmarks/ddp_speed.py --data /work/exp/world-train            # mini, 64 px, global batch 32
-    python benchmarks/ddp_speed.py --data DIR --steps 100 --repeats 3 --preset nano --batch 16
+    python benchmarks/ddp_speed.py --data DIR --steps 100 --repeats 3 --preset nano --batch 16 --single
 
 Each run is the real command line (`python -m tinyvlm train` or `python -m torch.distributed.run
 --nproc_per_node 2 -m tinyvlm train`) with a fresh run folder; the rate is the mean of the
@@ -66,8 +66,10 @@ def main():
     p.add_argument("--tasks", default="short")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--single", action="store_true", help="also time 1 process x 1 thread")
     args = p.parse_args()
-    setups = [(1, 2), (2, 1)]  # (processes, threads each)
+    # (processes, threads each); 1 x 1 shows what one core alone gives, for scale
+    setups = [(1, 2), (2, 1), (1, 1)] if args.single else [(1, 2), (2, 1)]
     results: dict = {s: [] for s in setups}
     with tempfile.TemporaryDirectory(prefix="ddp_speed.") as tmp:
         for rep in range(args.repeats):
@@ -76,9 +78,10 @@ def main():
                 results[(procs, threads)].append(r)
                 print(f"  run {rep + 1}: {procs} process(es) x {threads} thread(s): {r['samples_s']:.1f} samples/s, "
                       f"{r['wall_s']:.1f} s wall", file=sys.stderr)
+    load = os.getloadavg()[0]  # other jobs on the machine skew both set-ups: say how busy it was
     base = statistics.median(r["samples_s"] for r in results[(1, 2)])
     print(f"\n{args.preset}, {args.image_size} px / {args.patch_size} px patches, {args.dtype}, global batch {args.batch}, "
-          f"{args.steps} steps, {args.repeats} runs each (median)\n")
+          f"{args.steps} steps, {args.repeats} runs each (median); {os.cpu_count()} cores, load average {load:.1f} at the end\n")
     print("| set-up | batch per process | samples/s | vs 1 x 2 | wall s (start-up included) |")
     print("|---|---|---|---|---|")
     for procs, threads in setups:

@@ -132,3 +132,23 @@ def test_a_killed_process_ends_the_other_with_one_line_and_the_run_resumes_to_th
     straight, resumed = losses(run2), losses(out)
     assert resumed.keys() == straight.keys()
     assert max(abs(straight[s] - resumed[s]) for s in straight) < TOLERANCE, (straight, resumed)
+
+
+def test_a_bad_launch_is_one_clear_line(tmp_path, shapes, monkeypatch):
+    """What torchrun would have set, set wrong by hand: each a TinyVLMError, before any data is read."""
+    cfg = dict(data=str(shapes), out=str(tmp_path / "run"), preset="nano", steps=2, vocab_size=300, progress=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(TinyVLMError, match="MASTER_ADDR .*not set: start the processes with torchrun"):
+        train(TrainConfig(**cfg))
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(TinyVLMError, match="RANK 2 and WORLD_SIZE 2 do not fit"):
+        train(TrainConfig(**cfg))
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(TinyVLMError, match="RANK must be a whole number"):
+        train(TrainConfig(**cfg))
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(TinyVLMError, match="dist_timeout must be a number > 0"):
+            TrainConfig(**cfg, dist_timeout=bad)
+    assert not (tmp_path / "run").exists()

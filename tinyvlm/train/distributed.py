@@ -52,7 +52,6 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    owns_group: bool = False  # this Dist started the process group, so it ends it
 
     @property
     def enabled(self) -> bool:
@@ -166,7 +165,9 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT) -> I
         yield Dist()
         return
     if td.is_initialized():
-        yield Dist(td.get_rank(), td.get_world_size(), local)
+        dist = Dist(td.get_rank(), td.get_world_size(), local)
+        with dist.peers_guard():
+            yield dist
         return
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
@@ -181,7 +182,7 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT) -> I
     except (RuntimeError, ValueError) as e:
         raise TinyVLMError(f"training process {rank} of {world} could not join the others ({backend}, "
                            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}): {_first_sentence(e)}") from None
-    dist = Dist(rank, world, local, owns_group=True)
+    dist = Dist(rank, world, local)
     try:
         with dist.peers_guard():
             yield dist
