@@ -9,6 +9,7 @@ from tinyvlm.config import PAPER_PARAMS, get_preset
 from tinyvlm.errors import TinyVLMError
 from tinyvlm.generate import Sampling, generate
 from tinyvlm.model import VisionLanguageModel
+from tinyvlm.model.vlm import attention_mask, padding_mask
 from tinyvlm.tokenizer import (ASSISTANT_ID, BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, SPECIALS,
                                USER_ID, Tokenizer)
 
@@ -84,6 +85,32 @@ def test_batched_rows_decode_as_if_alone():
     both = generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=20))
     alone = [generate(m, [p], images[i:i + 1], Sampling(max_new_tokens=20))[0] for i, p in enumerate(_prompts(m.cfg))]
     assert both == alone
+
+
+def test_unpadded_rows_skip_the_mask_with_the_same_logits():
+    """No row padded: prefill and step build no mask (the fused kernel's fast path); their logits
+    equal those of the masked path, forced."""
+    m = _model()
+    ids = torch.tensor([_prompts(m.cfg)[0]])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    images = torch.randn(1, 3, 32, 32)
+    assert padding_mask(valid, ids.shape[1]) is None
+    with torch.no_grad():
+        logits, state = m.prefill(ids, valid, images)
+        h, cache = m.decoder(m.embed(ids, images), torch.arange(ids.shape[1])[None], attention_mask(valid, ids.shape[1]))
+        torch.testing.assert_close(logits, m.decoder.head(h[:, -1]))
+        nxt = logits.argmax(-1)
+        stepped, _ = m.step(nxt, state)
+        valid2 = torch.ones(1, ids.shape[1] + 1, dtype=torch.bool)
+        h, _ = m.decoder(m.decoder.tok(nxt)[:, None], torch.tensor([[ids.shape[1]]]), attention_mask(valid2, 1), cache)
+        torch.testing.assert_close(stepped, m.decoder.head(h[:, -1]))
+        # and a future key never leaks into the unmasked prefill: a changed last token leaves the rest
+        changed = ids.clone()
+        changed[0, -1] = 50
+        a, _ = m.decoder(m.embed(ids, images), torch.arange(ids.shape[1])[None])
+        b, _ = m.decoder(m.embed(changed, images), torch.arange(ids.shape[1])[None])
+        torch.testing.assert_close(a[:, :-1], b[:, :-1])
+        assert not torch.allclose(a[:, -1], b[:, -1])
 
 
 @pytest.mark.parametrize("kind", ["causal", "mask", "none"])

@@ -63,6 +63,13 @@ def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
     return ((causal & valid[:, None, :]) | self_)[:, None]
 
 
+def padding_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor | None:
+    """`attention_mask`, or None where no row is padded (the decoder is then plainly causal, and a
+    one-token step sees its whole cache): a batch of one, or of equal prompts, builds no mask and
+    attention takes the fused kernel without one."""
+    return None if bool(valid.all()) else attention_mask(valid, q_len)
+
+
 class VisionLanguageModel(nn.Module):
     def __init__(self, cfg: VLMConfig):
         super().__init__()
@@ -162,7 +169,7 @@ class VisionLanguageModel(nn.Module):
         self._check_length(input_ids.shape[1])
         positions = (valid.cumsum(-1) - 1).clamp(min=0)
         h, cache = self.decoder(self.embed(input_ids, images, features), positions,
-                                attention_mask(valid, input_ids.shape[1]))
+                                padding_mask(valid, input_ids.shape[1]))
         return self.decoder.head(h[:, -1]), DecodeState(cache, valid)
 
     def step(self, next_ids: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
@@ -171,7 +178,7 @@ class VisionLanguageModel(nn.Module):
         valid = torch.cat([state.valid, torch.ones_like(state.valid[:, :1])], dim=1)
         self._check_length(valid.shape[1])
         positions = state.valid.sum(-1, keepdim=True)  # the new token's place among its row's real tokens
-        h, cache = self.decoder(self.decoder.tok(next_ids)[:, None], positions, attention_mask(valid, 1), state.cache)
+        h, cache = self.decoder(self.decoder.tok(next_ids)[:, None], positions, padding_mask(valid, 1), state.cache)
         return self.decoder.head(h[:, -1]), DecodeState(cache, valid)
 
     @torch.no_grad()
