@@ -222,3 +222,14 @@ def test_over_long_prompt_is_rejected():
     m = _model()
     with pytest.raises(TinyVLMError, match="too long"):
         generate(m, [[BOS_ID] + [40] * m.cfg.lm_max_len], None)
+
+
+def test_repetition_penalty_reads_the_history_it_keeps():
+    """The decoding loop keeps the ids written so far only for the repetition penalty: with it,
+    a random model that loops under plain greedy repeats itself less."""
+    m = _model()
+    images = torch.randn(2, 3, 32, 32)
+    plain = generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=30))
+    penalised = generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=30, repetition_penalty=100.0))
+    repeats = lambda rows: sum(len(r) - len(set(r)) for r in rows)
+    assert repeats(penalised) < repeats(plain)
