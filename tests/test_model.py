@@ -233,3 +233,20 @@ def test_repetition_penalty_reads_the_history_it_keeps():
     penalised = generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=30, repetition_penalty=100.0))
     repeats = lambda rows: sum(len(r) - len(set(r)) for r in rows)
     assert repeats(penalised) < repeats(plain)
+
+
+def test_rope_turns_each_channel_pair_as_a_complex_number():
+    """apply_rope on queries and keys together equals rotating each pair (i, i + d/2) by
+    position x base^(-2i/d), written out as complex multiplication."""
+    from tinyvlm.model.transformer import apply_rope, rope_angles
+    torch.manual_seed(0)
+    B, T, H, D = 2, 5, 3, 8
+    x = torch.randn(B, T, 2, H, D)
+    positions = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 1, 2, 7]])
+    got = apply_rope(x, rope_angles(positions, D, 10000.0))
+    theta = positions[..., None].double() * 10000.0 ** (-torch.arange(0, D, 2).double() / D)  # (B, T, D/2)
+    z = torch.complex(x[..., :D // 2].double(), x[..., D // 2:].double()) * torch.polar(torch.ones_like(theta), theta)[:, :, None, None]
+    torch.testing.assert_close(got, torch.cat([z.real, z.imag], dim=-1).float())
+    assert not torch.allclose(got[0, 1], x[0, 1])  # position 1 turns; position 0 stays
+    torch.testing.assert_close(got[:, 0], x[:, 0])
+
