@@ -102,7 +102,7 @@ def train_batch(n_image_tokens: int, batch: int, text_len: int, vocab: int):
     return ids, labels
 
 
-def train_row(peer, preset, size, patch, shuffle, dtype, a, peak) -> dict:
+def train_row(peer, preset, size, patch, shuffle, dtype, a) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
     ours, theirs, cfg = build_pair(peer, preset, size, patch, shuffle, a.vocab)
     images = torch.randn(a.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -135,13 +135,15 @@ def train_row(peer, preset, size, patch, shuffle, dtype, a, peak) -> dict:
             t = time.perf_counter()
             s["step"]()
             s["times"].append(time.perf_counter() - t)
+    # the peak right after the steps, so the MFU columns see the load the steps saw
+    peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32)
     o, t = sides["tinyvlm"], sides["nanoVLM"]
     dt_o, dt_t = statistics.median(o["times"]), statistics.median(t["times"])
     return {"preset": preset, "px": size, "shuffle": shuffle, "dtype": dtype,
             "params_M ours/peer": f"{o['params']:.2f} / {t['params']:.2f}",
             "tinyvlm_samples_s": a.batch / dt_o, "nanoVLM_samples_s": a.batch / dt_t, "ratio": dt_t / dt_o,
             "GFLOP_step ours/peer": f"{o['flops'] / 1e9:.1f} / {t['flops'] / 1e9:.1f}",
-            "tinyvlm_mfu": o["flops"] / dt_o / peak, "nanoVLM_mfu": t["flops"] / dt_t / peak}
+            "peak_GFLOP_s": peak / 1e9, "tinyvlm_mfu": o["flops"] / dt_o / peak, "nanoVLM_mfu": t["flops"] / dt_t / peak}
 
 
 def describe_row(peer, preset, size, patch, shuffle, a) -> dict:
@@ -209,16 +211,16 @@ def main():
     dtypes = ["fp32"] + (["bf16"] if native_bf16() else [])
     presets, sizes = a.presets.split(","), [int(s) for s in a.sizes.split(",")]
     shuffle = lambda size: a.shuffle_224 if size >= 224 else 1
-    peaks = {d: matmul_peak(torch.bfloat16 if d == "bf16" else torch.float32) for d in dtypes}
     print(f"# training step: batch {a.batch}, {a.text_len} answer tokens, {a.patch_size} px patches, AdamW, "
           f"{torch.get_num_threads()} thread(s), median of {a.steps} alternating steps")
-    print("# matmul peak (1024^3, this run): " + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in peaks.items())
+    print("# MFU: the FLOPs each side runs (torch.utils.flop_counter) per second, over a 1024^3 matmul's rate "
+          "measured right after each row's steps (peak_GFLOP_s)"
           + ("" if "bf16" in dtypes else "; bf16 skipped: not native on this CPU (no AVX512-BF16/AMX)") + "\n")
     rows = []
     for d in dtypes:
         for size in sizes:
             for pr in presets:
-                rows.append(train_row(peer, pr, size, a.patch_size, shuffle(size), d, a, peaks[d]))
+                rows.append(train_row(peer, pr, size, a.patch_size, shuffle(size), d, a))
                 print(f"  {pr} {size}px {d}: ratio {rows[-1]['ratio']:.2f}", file=sys.stderr, flush=True)
     print(table(rows, list(rows[0])))
     if a.no_describe:
