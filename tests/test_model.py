@@ -250,3 +250,36 @@ def test_rope_turns_each_channel_pair_as_a_complex_number():
     assert not torch.allclose(got[0, 1], x[0, 1])  # position 1 turns; position 0 stays
     torch.testing.assert_close(got[:, 0], x[:, 0])
 
+
+def test_weighted_cross_entropy_matches_pytorchs_loss_and_gradient():
+    """The one-pass loss equals F.cross_entropy weighted per token, value and gradient, also under a
+    non-unit upstream gradient; with no targets it is 0."""
+    from tinyvlm.model.loss import weighted_cross_entropy
+    torch.manual_seed(0)
+    logits = (torch.randn(37, 101, dtype=torch.float64) * 3).requires_grad_()
+    targets, weights = torch.randint(0, 101, (37,)), torch.rand(37, dtype=torch.float64)
+    ref = logits.detach().clone().requires_grad_()
+    (2.5 * weighted_cross_entropy(logits, targets, weights)).backward()
+    expected = 2.5 * (torch.nn.functional.cross_entropy(ref, targets, reduction="none") * weights).sum()
+    expected.backward()
+    torch.testing.assert_close(2.5 * weighted_cross_entropy(logits.detach(), targets, weights), expected.detach())
+    torch.testing.assert_close(logits.grad, ref.grad)
+    unit = logits.detach().clone().requires_grad_()
+    weighted_cross_entropy(unit, targets, weights).backward()  # upstream gradient 1: handed on as is
+    torch.testing.assert_close(unit.grad, ref.grad / 2.5)
+    assert weighted_cross_entropy(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), torch.zeros(0)).item() == 0
+
+
+def test_training_loss_weighs_each_example_the_same():
+    """forward's loss is the mean over examples of each example's mean token loss, as before the
+    one-pass loss: a row with 1 answer token weighs as much as a row with 10."""
+    m = _model()
+    ids = torch.tensor(_prompts(m.cfg)[1] + list(range(20, 30)))[None].repeat(2, 1)
+    labels = torch.full_like(ids, -100)
+    labels[0, -11:-1] = ids[0, -10:]
+    labels[1, -2] = ids[1, -1]
+    images = torch.randn(2, 3, 32, 32)
+    _, loss = m(ids, images, labels)
+    logits, _ = m(ids, images)
+    per = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+    torch.testing.assert_close(loss, (per[0].sum() / 10 + per[1].sum()) / 2)

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import VLMConfig
 from ..errors import TinyVLMError
 from ..tokenizer import IGNORE, IMAGE_ID
 from .connector import Connector
 from .decoder import Decoder
+from .loss import weighted_cross_entropy
 from .reduce import ReduceConfig, group_scores, image_token_count, prune
 from .transformer import KV
 from .vision import VisionEncoder
@@ -157,9 +157,9 @@ class VisionLanguageModel(nn.Module):
         # Each example weighs the same, however long its answer: a one-word answer to "What colour
         # is the ball?" carries as much about the picture as a 30-token description, and a plain
         # token mean would drown it.
-        per_token = F.cross_entropy(logits.float(), labels[keep], reduction="none")
         n = keep.sum(1, keepdim=True).clamp(min=1).expand_as(keep)[keep]
-        return logits, (per_token / n).sum() / keep.any(1).sum().clamp(min=1)
+        weights = 1.0 / (n * keep.any(1).sum().clamp(min=1))
+        return logits, weighted_cross_entropy(logits.float(), labels[keep], weights)
 
     def prefill(self, input_ids: torch.Tensor, valid: torch.Tensor, images: torch.Tensor | None = None,
                 features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, DecodeState]:
