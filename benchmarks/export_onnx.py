@@ -74,7 +74,8 @@ def main():
         rows.append({"backend": name, "size_mb": round(size, 1), "describe_ms": round(statistics.median(ms), 1),
                      "identical_to_pytorch": f"{same}/{len(texts)}",
                      "claim_precision": round(scored["raw"]["claim_precision"], 3),
-                     "hallucination_per_thing": round(scored["raw"]["hallucination_per_thing"], 3)})
+                     "hallucination_per_thing": round(scored["raw"]["hallucination_per_thing"], 3),
+                     "texts": texts})
     print(f"\n{a.model}, {len(images)} pictures of {a.data}; describe: batch 1, 1 thread, median of {a.timed}\n")
     print("| backend | file MB | describe ms/picture | greedy text identical to PyTorch | claim precision "
           "| hallucination per thing |")
