@@ -6,6 +6,10 @@ a boolean mask keeps padding out of attention and position ids count only real t
 decodes the same alone or in a batch. `stream` yields each token as it is decoded, with its
 log-probability; `generate` is `stream` collected.
 
+The loop reads a model through `Backend`, its prefill and step: the PyTorch model is one, and an
+exported ONNX model run by onnxruntime (tinyvlm/export/runtime.py) is another, so both decode
+through this same loop.
+
 A constraint is any callable `(new_ids (B, t), logits (B, V)) -> banned (B, V)`: given the ids each
 row has written so far in this call and the next logits, True where that row may not write a token
 next. Grounded decoding is one (TinyVLM.grounding); the decoding loop knows nothing else of it.
@@ -13,15 +17,40 @@ next. Grounded decoding is one (TinyVLM.grounding); the decoding loop knows noth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import torch
 
+from .config import VLMConfig
 from .errors import TinyVLMError, check_range, check_seed
-from .model import VisionLanguageModel
 from .tokenizer import EOS_ID, IMAGE_ID, PAD_ID, SPECIALS
 
 Constraint = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Backend(Protocol):
+    """What the decoding loop needs of a model (model/vlm.py's VisionLanguageModel has it all):
+    `image_features` encodes pictures once; `prefill` reads left-padded prompts (B, T) whose real
+    tokens `valid` (B, T) marks and returns the next logits (B, V) and a state; `step` feeds one
+    token per row (B,) and returns the following logits and the new state. The state (a KV cache)
+    is the backend's own business."""
+    cfg: VLMConfig
+
+    def image_token_counts(self, n_images: int) -> list[int]: ...
+
+    def image_features(self, images: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def prefill(self, input_ids: torch.Tensor, valid: torch.Tensor,
+                features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]: ...
+
+    def step(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
+
+
+def backend_device(model: Backend) -> torch.device:
+    """Where a backend wants its inputs: a PyTorch model's device; anything else takes CPU tensors."""
+    if isinstance(model, torch.nn.Module):
+        return next(model.parameters()).device
+    return torch.device("cpu")
 
 
 @dataclass
@@ -91,15 +120,16 @@ class Token(NamedTuple):
 
 
 @torch.no_grad()
-def stream(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
+def stream(model: Backend, prompts: list[list[int]], images: torch.Tensor | None,
            sampling: Sampling = Sampling(), use_cache: bool = True, constraint: Constraint | None = None,
            features: list[torch.Tensor] | None = None) -> Iterator[Token]:
     """Continue each prompt (token ids, image slots already expanded) until <|eos|> or
     max_new_tokens, yielding each row's tokens as they are decoded, step by step. `images` holds
     the prompts' pictures in order of appearance (or `features`, their image tokens already
     computed). Without `use_cache`, every step re-reads the whole sequence (for tests)."""
-    model.eval()
-    device = next(model.parameters()).device
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    device = backend_device(model)
     longest = max(len(p) for p in prompts)
     if longest >= model.cfg.lm_max_len:
         raise TinyVLMError(f"prompt of {longest} tokens is too long: the model reads at most "
@@ -143,7 +173,7 @@ def stream(model: VisionLanguageModel, prompts: list[list[int]], images: torch.T
             logits, state = model.prefill(ids, valid, features=features)
 
 
-def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
+def generate(model: Backend, prompts: list[list[int]], images: torch.Tensor | None,
              sampling: Sampling = Sampling(), use_cache: bool = True, constraint: Constraint | None = None,
              features: list[torch.Tensor] | None = None) -> list[list[int]]:
     """`stream` collected: each row's new ids, without the closing <|eos|>."""
