@@ -66,8 +66,11 @@ def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
 def padding_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor | None:
     """`attention_mask`, or None where no row is padded (the decoder is then plainly causal, and a
     one-token step sees its whole cache): a batch of one, or of equal prompts, builds no mask and
-    attention takes the fused kernel without one."""
-    return None if bool(valid.all()) else attention_mask(valid, q_len)
+    attention takes the fused kernel without one. A graph being compiled or exported (ONNX) always
+    takes the mask, since it must serve padded batches too."""
+    if torch.compiler.is_compiling() or not bool(valid.all()):
+        return attention_mask(valid, q_len)
+    return None
 
 
 class VisionLanguageModel(nn.Module):
