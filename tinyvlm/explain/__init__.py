@@ -32,7 +32,7 @@ def explain(vlm, image, text: str | None = None, method: str = "rollout", layer:
     if method not in METHODS:
         raise TinyVLMError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     if layer is not None and method != "devil":
-        raise TinyVLMError(f"--layer picks the encoder layer DeViL decodes; the {method} method reads no layer")
+        raise TinyVLMError(f"--layer picks the encoder layer DeViL decodes: the method(s) {method} read no layer")
     picture = load_image(image)
     if text is None:
         text = vlm.describe(picture)
@@ -89,6 +89,8 @@ def explain_to_folder(vlm, image, out, text: str | None = None, methods: str | l
     for m in methods:
         if m not in METHODS:
             raise TinyVLMError(f"unknown method '{m}': choose from {', '.join(METHODS)} or all")
+    if layer is not None and "devil" not in methods:
+        raise TinyVLMError(f"--layer picks the encoder layer DeViL decodes: the method(s) {', '.join(methods)} read no layer")
     if "devil" in methods and not isinstance(explainer, Explainer):
         folder = explainer or default_explainer(vlm)
         if folder is None:

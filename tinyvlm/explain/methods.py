@@ -34,6 +34,8 @@ UNITS = {
     "concept": "the concept head's probability (0-1) that the patch holds the word",
 }
 _WORD = re.compile(r"[A-Za-z]+")
+# Words that count or place things rather than name what a location shows: no map for them.
+NOT_SHOWN = frozenset("two three four five six seven eight nine ten many next left right above below".split())
 
 
 @dataclass
@@ -103,9 +105,10 @@ class Explanation:
 
 
 def content_words(text: str) -> list[tuple[str, int, int]]:
-    """(word, start, end) for each word worth a map: not a function word, longer than two letters."""
+    """(word, start, end) for each word worth a map: longer than two letters, not a function word,
+    a number or a relation."""
     return [(m.group().lower(), m.start(), m.end()) for m in _WORD.finditer(text)
-            if len(m.group()) > 2 and m.group().lower() not in STOPWORDS]
+            if len(m.group()) > 2 and m.group().lower() not in STOPWORDS | NOT_SHOWN]
 
 
 class Scorer:
