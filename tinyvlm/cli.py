@@ -160,6 +160,8 @@ def cmd_explain(a):
     from .api import TinyVLM
     from .explain import explain_to_folder
     methods = a.method if a.method == "all" else a.method.split(",")
+    if a.layer is not None:  # checked before the model is read; the explainer says how many layers it has
+        check_range("layer", a.layer, 0, integer=True, note="an encoder layer, 0 = the patch embeddings")
     vlm = TinyVLM.from_pretrained(a.model, device=a.device)
     r = explain_to_folder(vlm, a.image, a.out, text=a.text, methods=methods, layer=a.layer, explainer=a.explainer)
     print(r["text"])

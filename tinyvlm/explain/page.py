@@ -76,13 +76,17 @@ def write_page(out: str | Path, picture: Image.Image, explanations: list[Explana
 
 
 def contact_sheet(picture: Image.Image, explanations: list[Explanation], cell: int = 128) -> Image.Image:
-    """A row per method: the picture, then each word's overlay, the word above it."""
+    """The text on top, then a row per method: the picture, then each word's overlay, the word above it."""
+    import textwrap
     cols = 1 + max((len(e.words) for e in explanations), default=0)
     label = 14
-    sheet = Image.new("RGB", (cols * cell, max(1, len(explanations)) * (cell + label)), "white")
+    lines = textwrap.wrap(explanations[0].text if explanations else "", width=max(20, cols * cell // 7))
+    top = 6 + label * len(lines)
+    sheet = Image.new("RGB", (cols * cell, top + max(1, len(explanations)) * (cell + label)), "white")
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
+    draw.multiline_text((2, 2), "\n".join(lines), fill="black", font=font, spacing=2)
     for r, e in enumerate(explanations):
-        y = r * (cell + label)
+        y = top + r * (cell + label)
         draw.text((2, y), e.method + ("" if e.layer is None else f" L{e.layer}"), fill="black", font=font)
         sheet.paste(picture.convert("RGB").resize((cell - 4, cell - 4), Image.NEAREST), (2, y + label))
         for c, w in enumerate(e.words, start=1):
