@@ -116,19 +116,23 @@ def test_letterboxed_pictures_map_back_to_the_original_coordinates():
 def test_pointing_game_and_mass_on_a_hand_made_map():
     e = Explanation("a ball", "concept", "", None, (4, 4), (64, 64), "pad", 64)
     region = np.zeros((64, 64), dtype=bool)
-    region[0:16, 48:64] = True  # the top-right patch
+    region[2:8, 50:62] = True  # a small thing in the top-right patch, away from the patch's centre
     m = np.full((4, 4), 0.1)
     m[0, 3] = 0.5
-    hit, mass = score(e, "concept", m, region)
-    assert hit and mass == pytest.approx(0.5 / (0.5 + 15 * 0.1))
+    s = score(e, "concept", m, region)
+    assert s["pointing"] and s["mass_inside"] == pytest.approx(0.5 / (0.5 + 15 * 0.1))
+    assert not s["pointing_pixels"]  # the patch's centre (56, 8) is below the thing
+    assert s["mass_inside_pixels"] == pytest.approx(0.5 * 72 / 256 / (0.5 + 15 * 0.1))
+    assert s["area"] == 1 / 16 and s["area_pixels"] == 72 / 4096
     m[2, 0] = 0.9
-    assert not score(e, "concept", m, region)[0]
+    assert not score(e, "concept", m, region)["pointing"]
     # devil's log-probabilities become the location's posterior: a softmax over locations
     logp = np.log(np.full((4, 4), 1 / 30))
     logp[0, 3] = np.log(15 / 30)
-    assert score(e, "devil L0", logp, region) == (True, pytest.approx(0.5))
-    # the centre prior points at the centre: not in the top-right patch
-    assert not score(e, "centre", centre_prior((4, 4)), region, (32, 32))[0]
+    s = score(e, "devil L0", logp, region)
+    assert s["pointing"] and s["mass_inside"] == pytest.approx(0.5)
+    # the centre prior points at the centre: not the top-right patch
+    assert not score(e, "centre", centre_prior((4, 4)), region, (32, 32))["pointing"]
 
 
 def test_world_regions_cover_the_drawn_thing(tmp_path):
@@ -176,7 +180,9 @@ def test_eval_attribution_suite_scores_every_method_and_baseline(trained, tmp_pa
     assert list(rows) == ["rollout", "gradient", "concept", "devil L0", "devil L1", "random", "centre"]
     words = rows["random"]["words"]
     assert words > 0 and all(r["words"] == words for n, r in rows.items() if n != "concept")
-    assert all(0 <= r["pointing"] <= 1 and 0 <= r["mass_inside"] <= 1 for r in rows.values() if r["words"])
+    assert all(0 <= r[k] <= 1 for r in rows.values() for k in ("pointing", "mass_inside", "pointing_pixels",
+                                                                "mass_inside_pixels") if r["words"])
+    assert rows["concept"]["words"] == 0  # its concepts are the squares' colours: no thing word is one
     assert json.loads((tmp_path / "out/attribution.json").read_text())["n"] == 4
 
 
@@ -185,6 +191,7 @@ def test_eval_attribution_suite_scores_every_method_and_baseline(trained, tmp_pa
     (["explain", "{img}", "--method", "rollout", "--layer", "0"], "read no layer"),
     (["explain", "{img}", "--method", "devil", "--layer", "5"], "layer must be a whole number >= 0 and <= 1"),
     (["explain", "{img}", "--method", "devil", "--explainer", "{root}/none"], "no trained explainer"),
+    (["explain", "{img}", "--explainer", "{root}/none"], "no trained explainer"),
     (["explain", "{root}/nope.png"], "image not found"),
     (["explain", "{img}", "--text", "  "], "the text to explain is empty"),
     (["train-explainer", "--data", "{root}/train/data.jsonl", "--steps", "0"], "steps must be"),

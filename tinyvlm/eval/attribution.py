@@ -2,16 +2,18 @@
 
 For every thing word ("duck", "balls") in the model's own description of each evaluation picture
 that names a thing drawn there (a plug-in's `regions` says where; the picture-book world knows
-exactly), it scores each method's map:
+exactly), it scores each method's map, at the map's own resolution (patches) and at pixels:
 - pointing game (Zhang et al. 2016, "Top-down neural attention by excitation backprop"): a hit
-  when the centre of the map's highest patch falls inside the thing's drawn region;
-- mass inside: the share of the map's weight that lies inside the region. Weights are the map
-  made non-negative as each method's units allow: devil's log-probabilities by a softmax over
+  when the map's highest patch is one of the thing's patches (those the region covers at least a
+  fifth of, or that hold at least a fifth of the region), or, at pixels, when that patch's
+  centre lies inside the region;
+- mass inside: the share of the map's weight on the thing's patches (or pixels). Weights are the
+  map made non-negative as each method's units allow: devil's log-probabilities by a softmax over
   locations (the location's posterior for the word), gradient x input clipped at 0, the others as
   they are.
 Beside two baselines: a random map (seeded) and a centre prior (pointing at the picture's
 centre; a Gaussian of a quarter of the grid for the mass). Random points inside a region about
-as often as the regions' mean share of the picture, also reported.
+as often as the regions' mean share of the patches (or pixels), also reported.
 """
 from __future__ import annotations
 
@@ -65,16 +67,33 @@ def centre_prior(grid: tuple[int, int]) -> np.ndarray:
     return np.exp(-d2 / (2 * 0.25 ** 2))
 
 
-def score(e, method: str, m: np.ndarray, region: np.ndarray, point=None) -> tuple[bool, float]:
-    """(hit, mass inside) of one map against a bool region (height, width) of the original picture."""
+def score(e, method: str, m: np.ndarray, region: np.ndarray, point=None) -> dict:
+    """One map against a bool region (height, width) of the original picture, at two resolutions:
+    - patches (the map's own): a patch is the thing's when the region covers at least a fifth of
+      the patch or a fifth of the region (the world's concept targets use the same rule); a hit
+      when the highest patch is the thing's; mass: the weights on the thing's patches;
+    - pixels: a hit when the highest patch's centre lies in the region; mass: the weights spread
+      over the patches' pixels, inside the region.
+    `point` (x, y) replaces the map's peak (the centre prior points at the picture's centre)."""
     x, y = point if point is not None else e.peak(m)
     h, w = region.shape
-    hit = bool(region[min(h - 1, max(0, int(y))), min(w - 1, max(0, int(x)))])
+    px, py = min(w - 1, max(0, int(x))), min(h - 1, max(0, int(y)))
+    n = e.grid[0] * e.grid[1]
+    cells = e.in_picture(np.arange(n, dtype=np.float64).reshape(e.grid))  # each pixel's patch (NaN: unseen)
+    seen = np.isfinite(cells)
+    idx = cells[seen].astype(int)
+    cell_px = np.bincount(idx, minlength=n)
+    over = np.bincount(idx, weights=region[seen].astype(np.float64), minlength=n)
+    mine = (over > 0) & (over >= 0.2 * np.minimum(region.sum(), cell_px))
+    wts = weights(method, m).ravel()
     pix = e.in_picture(weights(method, m))
     pix = np.where(np.isfinite(pix), pix, 0.0)
-    total = pix.sum()
-    mass = float((pix * region).sum() / total) if total > 0 else float(region.mean())
-    return hit, mass
+    peak = cells[py, px]
+    return {"pointing": bool(np.isfinite(peak) and mine[int(peak)]),
+            "mass_inside": float(wts[mine].sum() / wts.sum()) if wts.sum() > 0 else float(mine.mean()),
+            "pointing_pixels": bool(region[py, px]),
+            "mass_inside_pixels": float((pix * region).sum() / pix.sum()) if pix.sum() > 0 else float(region.mean()),
+            "area": float(mine.mean()), "area_pixels": float(region.mean())}
 
 
 def evaluate_attribution(cfg: AttributionConfig) -> dict:
@@ -103,9 +122,7 @@ def evaluate_attribution(cfg: AttributionConfig) -> dict:
     for i in range(0, len(images), cfg.batch_size):
         texts += vlm.describe(images[i:i + cfg.batch_size])
     names = [name for name, _, _ in runs] + ["random", "centre"]
-    hits = {n: [] for n in names}
-    mass = {n: [] for n in names}
-    areas = []
+    scores: dict[str, list[dict]] = {n: [] for n in names}
     for k, (record, text, find) in enumerate(tqdm(list(zip(records, texts, finders)), disable=not cfg.progress,
                                                   desc="attribution", unit="picture")):
         picture = load_image(record.images[0])
@@ -115,21 +132,19 @@ def evaluate_attribution(cfg: AttributionConfig) -> dict:
                 region = find(record, w.word, picture.size)
                 if region is None:
                     continue
-                h, s = score(e, name, w.map, region)
-                hits[name].append(h)
-                mass[name].append(s)
+                scores[name].append(score(e, name, w.map, region))
                 if name == runs[0][0]:  # the baselines, once a word
-                    areas.append(float(region.mean()))
                     rng = np.random.default_rng([cfg.seed, k, j])
                     for base, m, point in (("random", rng.random(e.grid), None),
                                            ("centre", centre_prior(e.grid), (picture.size[0] / 2, picture.size[1] / 2))):
-                        h, s = score(e, base, m, region, point)
-                        hits[base].append(h)
-                        mass[base].append(s)
-    rows = {n: {"pointing": float(np.mean(hits[n])) if hits[n] else None,
-                "mass_inside": float(np.mean(mass[n])) if mass[n] else None, "words": len(hits[n])} for n in names}
+                        scores[base].append(score(e, base, m, region, point))
+    keys = ("pointing", "mass_inside", "pointing_pixels", "mass_inside_pixels")
+    rows = {n: {**{k: float(np.mean([x[k] for x in v])) if v else None for k in keys}, "words": len(v)}
+            for n, v in scores.items()}
+    first = scores[runs[0][0]] if runs else []
     results = {"model": cfg.model, "data": cfg.data, "n": len(records), "methods": rows,
-               "mean_area_share": float(np.mean(areas)) if areas else None,
+               "mean_area_share": float(np.mean([x["area"] for x in first])) if first else None,
+               "mean_area_share_pixels": float(np.mean([x["area_pixels"] for x in first])) if first else None,
                "explainer_steps": explainer.steps if explainer else None,
                "samples": [{"image": r.images[0], "text": t} for r, t in zip(records[:8], texts)]}
     if cfg.out:
@@ -140,9 +155,12 @@ def evaluate_attribution(cfg: AttributionConfig) -> dict:
 
 def table(results: dict) -> str:
     """The results as a markdown table."""
-    lines = ["| method | pointing game | mass inside | thing words |", "|---|---|---|---|"]
+    lines = ["| method | pointing game (patches) | mass inside (patches) | pointing game (pixels) | mass inside (pixels) "
+             "| thing words |", "|---|---|---|---|---|---|"]
     fmt = lambda v: "–" if v is None else f"{v:.3f}"
     for name, r in results["methods"].items():
-        lines.append(f"| {name} | {fmt(r['pointing'])} | {fmt(r['mass_inside'])} | {r['words']} |")
-    lines.append(f"\n{results['n']} pictures; the things' mean share of the picture: {fmt(results['mean_area_share'])}")
+        lines.append(f"| {name} | {fmt(r['pointing'])} | {fmt(r['mass_inside'])} | {fmt(r['pointing_pixels'])} "
+                     f"| {fmt(r['mass_inside_pixels'])} | {r['words']} |")
+    lines.append(f"\n{results['n']} pictures; the things' mean share of the patches: {fmt(results['mean_area_share'])}, "
+                 f"of the pixels: {fmt(results['mean_area_share_pixels'])}")
     return "\n".join(lines)

@@ -57,11 +57,14 @@ def explain(vlm, image, text: str | None = None, method: str = "rollout", layer:
 
 def available(vlm, explainer=None) -> list[str]:
     """The methods this model can be explained by: rollout needs the patch grid, concept the
-    concept head, devil a trained explainer."""
+    concept head, devil a trained explainer (`explainer`, else MODEL/explainer when it holds one)."""
     have = [] if vlm.cfg.mp_summary_tokens else ["rollout"]
     have.append("gradient")
     if vlm.concept_head is not None:
         have.append("concept")
+    if isinstance(explainer, (str, Path)) and not trained(Path(explainer)):  # asked for, but not there
+        raise TinyVLMError(f"no trained explainer in {explainer}: train one with `tinyvlm train-explainer "
+                           f"--model MODEL --data DATA --out {explainer}`")
     folder = explainer or default_explainer(vlm)
     if folder is not None and (not isinstance(folder, (str, Path)) or trained(Path(folder))):
         have.append("devil")
