@@ -39,6 +39,7 @@ from ..generate import Sampling, stream
 from ..model import IGNORE
 from ..tokenizer import EOS_ID, PAD_ID
 from ..train.config import TrainConfig
+from ..train.distributed import Dist
 from ..train.loop import STATE, Records, Stage, optimizer, run_stage
 from ..train.run import Trainer
 from .methods import Scorer, grid_of
@@ -179,7 +180,7 @@ class ExplainerTrainer(Trainer):
                                lr=ecfg.lr, warmup=min(100, max(1, ecfg.steps // 10)), seed=ecfg.seed,
                                dtype="fp32", device="cpu", eval_every=max(1, min(200, ecfg.steps)),
                                save_every=max(1, min(400, ecfg.steps)), progress=ecfg.progress, tasks=("short",))
-        self.device = self.vlm.device
+        self.device, self.dist = self.vlm.device, Dist()  # one process: the translator is small
         self.use_bf16, self.precision = False, "precision: fp32"
         self.train_src = open_records(ecfg.data, "train")
         self.val_src, self.skip = self._validation_source()
