@@ -80,13 +80,15 @@ def cmd_info(a):
 
 def cmd_train(a):
     from .train import TrainConfig, train
+    from .train.distributed import env_rank
     names = {f.name for f in fields(TrainConfig)}
     kw = {k: v for k, v in vars(a).items() if k in names and v is not None}
     if a.tasks:
         kw["tasks"] = tuple(a.tasks.split(","))
     kw["progress"] = not a.quiet
     vlm = train(TrainConfig(**kw), resume=a.resume)
-    print(f"model saved to {a.out}/checkpoint  (try: tinyvlm describe IMAGE --model {a.out})")
+    if env_rank() == 0:  # under torchrun, one line from rank 0
+        print(f"model saved to {a.out}/checkpoint  (try: tinyvlm describe IMAGE --model {a.out})")
     return vlm
 
 
@@ -191,8 +193,10 @@ TRAIN_OPTIONS = (
     ("max-len", int, "the decoder's context, in tokens"),
     ("dropout", float, "dropout probability"),
     ("vocab-size", int, "BPE vocabulary to aim for, in tokens (the real size is what the training text supports)"),
-    ("batch-size", int, "records per micro-batch"),
-    ("grad-accum", int, "micro-batches per optimizer step (the effective batch is batch-size x grad-accum)"),
+    ("batch-size", int, "records per micro-batch, in each process (under torchrun the global batch is "
+                        "batch-size x processes x grad-accum)"),
+    ("grad-accum", int, "micro-batches per optimizer step (the effective batch is batch-size x grad-accum, "
+                        "x processes under torchrun)"),
     ("lr", float, "peak learning rate, reached after warmup, then cosine decay to a tenth"),
     ("warmup", int, "linear warmup, in optimizer steps (at most a tenth of the budget)"),
     ("weight-decay", float, "AdamW weight decay on matrices and embeddings"),
@@ -202,6 +206,8 @@ TRAIN_OPTIONS = (
     ("save-every", int, "checkpoint every N optimizer steps"),
     ("log-every", int, "write a metrics.jsonl row every N optimizer steps"),
     ("eval-batches", int, "validation batches, of --batch-size records each"),
+    ("dist-timeout", float, "under torchrun: how long a process waits for the others before it stops with an "
+                            "error, in seconds"),
 )
 
 

@@ -85,8 +85,8 @@ def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def _next_token(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
-    """logits (B, V), history (B, T) token ids so far -> next ids (B,)"""
+def _next_token(logits: torch.Tensor, history: torch.Tensor | None, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V), history (B, T) token ids so far (None without a repetition penalty) -> next ids (B,)"""
     logits = logits.float()
     if s.repetition_penalty != 1.0:
         seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, history, True)
@@ -142,24 +142,29 @@ def stream(model: Backend, prompts: list[list[int]], images: torch.Tensor | None
     if features is None and images is not None and len(images):
         features = model.image_features(images)  # the pictures are encoded once, whatever use_cache says
     logits, state = model.prefill(ids, valid, features=features)
-    history = ids.masked_fill(ids == IMAGE_ID, PAD_ID)
+    # the ids so far, read only by the repetition penalty
+    history = ids.masked_fill(ids == IMAGE_ID, PAD_ID) if sampling.repetition_penalty != 1.0 else None
     out = torch.full((len(prompts), steps), PAD_ID, dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool)
     for t in range(steps):
-        logp = logits.float().log_softmax(-1)  # the model's own distribution, before any constraint
+        raw = logits.float()  # the model's own distribution, before any constraint
         if constraint is not None:
             logits = logits.masked_fill(constraint(out[:, :t], logits).to(device), float("-inf"))
-        nxt = _next_token(logits, history, sampling, gen).cpu()
-        logp = logp.gather(1, nxt.to(device)[:, None]).squeeze(1).cpu()
-        for row in (~done).nonzero().flatten().tolist():
-            finish = "stop" if nxt[row] == EOS_ID else "length" if t == steps - 1 else None
-            yield Token(row, int(nxt[row]), float(logp[row]), finish)
+        nxt = _next_token(logits, history, sampling, gen)
+        # log p(chosen) = its logit - logsumexp: no full-vocabulary log_softmax
+        logp = (raw.gather(1, nxt[:, None]).squeeze(1) - raw.logsumexp(-1)).tolist()
+        nxt = nxt.cpu()
+        finish = "length" if t == steps - 1 else None
+        for row, (i, d) in enumerate(zip(nxt.tolist(), done.tolist())):  # plain ints: no tensor indexing per row
+            if not d:
+                yield Token(row, i, logp[row], "stop" if i == EOS_ID else finish)
         nxt = nxt.masked_fill(done, PAD_ID)
         out[:, t] = nxt
         done |= nxt == EOS_ID
         if bool(done.all()) or t == steps - 1:
             break
-        history = torch.cat([history, nxt[:, None].to(device)], dim=1)
+        if history is not None:
+            history = torch.cat([history, nxt[:, None].to(device)], dim=1)
         if use_cache:
             logits, state = model.step(nxt.to(device), state)
         else:  # the whole sequence again, for checking the cache

@@ -77,6 +77,14 @@ class Tokenizer:
     def save(self, path: str | os.PathLike) -> None:
         self.tk.save(os.fspath(path))
 
+    def to_str(self) -> str:
+        """The tokenizer as tokenizer.json's text (how training processes share rank 0's)."""
+        return self.tk.to_str()
+
+    @classmethod
+    def from_str(cls, text: str) -> "Tokenizer":
+        return cls(HFTokenizer.from_str(text))
+
     @property
     def vocab_size(self) -> int:
         return self.tk.get_vocab_size()

@@ -51,9 +51,10 @@ class TrainConfig:
     eval_batches: int = 8
     save_every: int = 200
     progress: bool = True
+    dist_timeout: float = 300.0     # seconds a process waits for the others (torchrun runs) before one clear error
 
     # fields that may differ between a run and its resumption
-    RUNTIME = ("device", "progress", "log_every")
+    RUNTIME = ("device", "progress", "log_every", "dist_timeout")
 
     # the preset overrides, checked by the model config's own ranges under their names here
     OVERRIDES = {"image_size": "vit_image_size", "patch_size": "vit_patch_size", "pixel_shuffle": "mp_pixel_shuffle",
@@ -76,6 +77,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "log_every", "eval_every", "save_every", "eval_batches"):
             check_range(name, getattr(self, name), 1, MAX_COUNT, integer=True)
         check_range("lr", self.lr, 0, 1, lo_open=True)
+        check_range("dist_timeout", self.dist_timeout, 0, 1e6, lo_open=True, note="seconds")
         check_range("min_lr_ratio", self.min_lr_ratio, 0, 1, note="the last learning rate, as a share of lr")
         check_range("warmup", self.warmup, 0, MAX_COUNT, integer=True, note="optimizer steps")
         check_range("weight_decay", self.weight_decay, 0, 1)

@@ -5,12 +5,20 @@ validation, atomic checkpoints, exact resume and the progress bar.
 A stage (stages.py) says only what differs: what a micro-batch is and its loss, the validation
 figures, which modules learn, and what else its checkpoint holds.
 
-Everything random is derived from (seed, epoch, position) or (seed, step), never from state that
-lives only in memory, so a run resumed from its last checkpoint sees the same batches and the same
-dropout masks as the run that was never interrupted.
+Everything random is derived from (seed, epoch, position) or (seed, step, micro-batch), never from
+state that lives only in memory, so a run resumed from its last checkpoint sees the same batches and
+the same dropout masks as the run that was never interrupted.
+
+With several processes (torchrun; distributed.py) the loop runs in each: the model is wrapped in
+DistributedDataParallel, each process reads its own share of every step's records (Stream), and
+rank 0 alone validates, logs and saves. Process r's micro-batch m of a step is micro-batch
+m x processes + r of that step: it holds the records, and draws the dropout and augmentation, that
+a single process with grad-accum x processes would give it, so N processes of --batch-size B
+train as one process with --batch-size B --grad-accum N (to float rounding).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -48,14 +56,37 @@ def lr_at(step: int, progress: float, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def dropout_seed(seed: int, step: int, micro: int) -> int:
+    """The torch seed of a micro-batch's dropout masks: from (seed, step, micro) alone, so resumed
+    and many-process runs draw the same masks (micro counts across processes: see the module)."""
+    base = seed * 1_000_003 + step  # micro-batch 0 keeps the seed runs have always used
+    return base if micro == 0 else random.Random(f"dropout:{seed}:{step}:{micro}").getrandbits(62)
+
+
 class Stream:
     """Records in a fixed order: epoch by epoch through the source, from a saved position, each with
-    a random generator seeded by its place in that order (what it teaches is drawn from it)."""
+    a random generator seeded by its place in that order (what it teaches is drawn from it).
 
-    def __init__(self, source: RecordSource, cfg: TrainConfig, epoch: int = 0, pos: int = 0, skip=None):
+    Sharded by rank: with `world` processes, the order is read in rounds of world x batch_size
+    records and process `rank` keeps the rank-th batch_size of each round. Every process reads
+    (and skips) the same records, so all stand at the same (epoch, pos) after each step, and a
+    checkpoint's position means the same to each of them on resume."""
+
+    def __init__(self, source: RecordSource, cfg: TrainConfig, epoch: int = 0, pos: int = 0, skip=None,
+                 rank: int = 0, world: int = 1):
         self.source, self.cfg, self.epoch, self.pos, self.skip = source, cfg, epoch, pos, skip
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Records:
+        if self.world == 1:
+            yield from self._every()
+            return
+        n, every = self.cfg.batch_size, self._every()
+        while True:
+            round_ = list(itertools.islice(every, n * self.world))  # pos is now at the round's end
+            yield from round_[self.rank * n:(self.rank + 1) * n]
+
+    def _every(self) -> Records:
         while True:
             whole_epoch, yielded = self.pos == 0, False
             records = itertools.islice(self.source.epoch(self.epoch, self.cfg.seed), self.pos, None)
@@ -83,6 +114,7 @@ class Stage:
     loss_key = "loss"
     earlier: tuple[str, ...] = ()
     module: torch.nn.Module
+    net: torch.nn.Module  # what training steps call: `module`, in DistributedDataParallel with several processes
     opt: torch.optim.Optimizer
 
     def __init__(self, trainer: "Trainer", steps: int | None, minutes: float | None):
@@ -92,8 +124,9 @@ class Stage:
 
     # --- what each stage computes --------------------------------------------------------------
     def forward(self, records: Records, micro: int) -> tuple[torch.Tensor, dict[str, int]]:
-        """The loss of the next micro-batch drawn from `records` (`micro` counts the micro-batches
-        of this step), and what it held, e.g. {"samples": n}, for the per-second rates."""
+        """The loss of the next micro-batch drawn from `records`, computed through `self.net`
+        (`micro` counts the micro-batches of this step, across processes), and what it held, e.g.
+        {"samples": n}, for the per-second rates."""
         raise NotImplementedError
 
     def validate(self) -> dict | None:
@@ -121,7 +154,7 @@ class Stage:
         if broken is None:
             return True
         path, why = broken
-        if path not in self.trainer.reported:
+        if path not in self.trainer.reported and self.trainer.dist.is_main:
             self.trainer.reported.add(path)
             tqdm.write(f"tinyvlm: skipping the records of a picture that cannot be read: {why}", file=sys.stderr)
             self.log(step=self.step, **{SKIPPED: path}, reason=why)
@@ -153,7 +186,8 @@ class Stage:
         return self.step / self.total_steps
 
     def stream(self, epoch: int = 0, pos: int = 0) -> Stream:
-        return Stream(self.trainer.train_src, self.cfg, epoch, pos, self.skips)
+        dist = self.trainer.dist
+        return Stream(self.trainer.train_src, self.cfg, epoch, pos, self.skips, dist.rank, dist.world)
 
     def log(self, **row):
         self.trainer._log({**self.tag, **row})
@@ -177,40 +211,48 @@ class Stage:
             groups = save_optimizer(self.opt, tmp / OPTIMIZER)["param_groups"]
             state = {"step": self.step, "epoch": self.epoch, "pos": self.pos, "total_steps": self.total_steps,
                      "elapsed": self.elapsed, **self.extra_state(), "train_config": self.cfg.comparable(),
+                     "world_size": self.trainer.dist.world,
                      "optimizer_groups": groups}
             (tmp / STATE).write_text(json.dumps(state, indent=2))
 
 
 def run_stage(stage: Stage):
     """Train `stage` until its budget is spent, from wherever its checkpoint left it."""
-    cfg = stage.cfg
-    if stage.total_steps is None:
-        stage.total_steps = stage.estimate_steps(iter(stage.stream()))
+    cfg, dist = stage.cfg, stage.trainer.dist
+    if stage.total_steps is None:  # rank 0 times the steps; every process takes its count
+        estimate = stage.estimate_steps(iter(stage.stream())) if dist.is_main else 0
+        agreed = dist.broadcast_float(-1 if estimate is None else estimate)  # None: no estimate
+        stage.total_steps = None if agreed < 0 else round(agreed)
     stream = stage.stream(stage.epoch, stage.pos)
     records = iter(stream)
     stage.train_mode()
-    bar = tqdm(total=stage.total_steps, initial=stage.step, disable=not cfg.progress, unit="step", desc=stage.label or stage.name,
-               dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10)
+    stage.net = dist.wrap(stage.module)
+    bar = tqdm(total=stage.total_steps, initial=stage.step, disable=not (cfg.progress and dist.is_main), unit="step",
+               desc=stage.label or stage.name, dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10)
     window: dict = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
     start, start_elapsed = time.perf_counter(), stage.elapsed
     while stage.progress() < 1:
-        torch.manual_seed(cfg.seed * 1_000_003 + stage.step)  # dropout masks depend on the step only
         lr = lr_at(stage.step, stage.progress(), stage.horizon, cfg)
         for g in stage.opt.param_groups:
             g["lr"] = lr
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
-            loss, counts = stage.forward(records, micro)
-            (loss / cfg.grad_accum).backward()
+            k = micro * dist.world + dist.rank  # this micro-batch's place among all processes' (module doc)
+            torch.manual_seed(dropout_seed(cfg.seed, stage.step, k))  # not on anything a resume loses
+            last_micro = micro == cfg.grad_accum - 1
+            with stage.net.no_sync() if stage.net is not stage.module and not last_micro else contextlib.nullcontext():
+                loss, counts = stage.forward(records, k)  # gradients are averaged over processes on the last
+                (loss / cfg.grad_accum).backward()
             step_loss += loss.item() / cfg.grad_accum
-            for k, n in counts.items():
-                window[k] = window.get(k, 0) + n
+            for key, n in counts.items():
+                window[key] = window.get(key, 0) + n
         torch.nn.utils.clip_grad_norm_(stage.module.parameters(), cfg.grad_clip)
         stage.opt.step()
         stage.opt.zero_grad(set_to_none=True)
         stage.step += 1
         stage.epoch, stage.pos = stream.epoch, stream.pos
-        stage.elapsed = start_elapsed + time.perf_counter() - start
+        elapsed = start_elapsed + time.perf_counter() - start
+        stage.elapsed = dist.broadcast_float(elapsed) if stage.minutes else elapsed  # one clock ends every process's run
         window["loss"] += step_loss
         window["n"] += 1
         bar.update(1)
@@ -219,19 +261,24 @@ def run_stage(stage: Stage):
         last = stage.progress() >= 1
         if stage.step % cfg.log_every == 0 or last:
             dt = time.perf_counter() - window.pop("t")
-            loss, n = window.pop("loss"), window.pop("n")
-            rates = {f"{k}_per_s": v / dt for k, v in window.items()}
-            stage.log(step=stage.step, **{stage.loss_key: loss / n}, lr=lr, **rates, elapsed_s=stage.elapsed)
+            n = window.pop("n")
+            keys = list(window)  # "loss", then what forward counted, in the same order in every process
+            totals = dict(zip(keys, dist.sum_floats([window[key] for key in keys])))
+            loss = totals.pop("loss") / dist.world  # the mean over processes, as one process would log it
+            rates = {f"{key}_per_s": v / dt for key, v in totals.items()}
+            if dist.is_main:
+                stage.log(step=stage.step, **{stage.loss_key: loss / n}, lr=lr, **rates, elapsed_s=stage.elapsed)
             bar.set_postfix({"loss": f"{loss / n:.3f}",
-                             **{k.replace("_per", ""): f"{v:.0f}" for k, v in itertools.islice(rates.items(), 1)}})
+                             **{key.replace("_per", ""): f"{v:.0f}" for key, v in itertools.islice(rates.items(), 1)}})
             window = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
-        if stage.step % cfg.eval_every == 0 or last:
+        if dist.is_main and (stage.step % cfg.eval_every == 0 or last):
             figures = stage.validate()
             if figures is not None:
                 stage.log(step=stage.step, **figures, elapsed_s=stage.elapsed)
                 stage.validated(figures, last, bar)
-        if stage.step % cfg.save_every == 0 or last:
+        if dist.is_main and (stage.step % cfg.save_every == 0 or last):
             stage.save()
+    stage.net = stage.module
     bar.close()
 
 

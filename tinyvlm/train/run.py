@@ -26,6 +26,7 @@ from ..errors import TinyVLMError
 from ..model import VisionLanguageModel
 from ..tokenizer import Tokenizer
 from .config import TrainConfig, precision
+from .distributed import Dist, process_group, this_device
 from .loop import LOSS_PNG, METRICS, SKIPPED, STATE, run_stage
 from .stages import CONCEPT_STAGE, ConceptStage, VLMStage
 
@@ -48,20 +49,21 @@ def training_texts(source: RecordSource) -> Iterator[str]:
 class Trainer:
     """Opens the data, builds (or reloads) the model and the run folder, then runs the stages."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, dist: Dist | None = None):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.device = pick_device(cfg.device)
+        self.dist = dist or Dist()
+        self.device = this_device(pick_device(cfg.device), self.dist)
         self.use_bf16, self.precision = precision(cfg, self.device)
         self.train_src = open_records(cfg.data, "train")
         self.val_src, self.skip = self._validation_source()
         vlm_state, concept_state = self.out / RUN_CHECKPOINT / STATE, self.out / CONCEPT_STAGE / STATE
         if resume:
             if vlm_state.is_file():
-                cfg.check_resumable(read_json(vlm_state)["train_config"])
+                self._check_resumable(read_json(vlm_state))
                 self.vlm = TinyVLM.from_pretrained(vlm_state.parent, device=str(self.device))
             elif concept_state.is_file():  # stopped in the concept stage: the VLM starts as it would have
-                cfg.check_resumable(read_json(concept_state)["train_config"])
+                self._check_resumable(read_json(concept_state))
                 self._fresh(keep_metrics=True)
             else:
                 raise TinyVLMError(f"nothing to resume in {self.out}: no checkpoint with training state")
@@ -76,6 +78,15 @@ class Trainer:
         self.reported: set[str] = set()   # the broken pictures metrics.jsonl already names
 
     # --- setup ---------------------------------------------------------------------------------
+    def _check_resumable(self, state: dict):
+        """The same config, and the same number of processes: another count would change the
+        global batch (batch_size x processes x grad_accum) in the middle of the run."""
+        self.cfg.check_resumable(state["train_config"])
+        saved = state.get("world_size", 1)
+        if saved != self.dist.world:
+            raise TinyVLMError(f"cannot resume with a different number of processes: the run was trained by {saved}, "
+                               f"now {self.dist.world} (torchrun --nproc_per_node x --nnodes must give {saved})")
+
     def _validation_source(self):
         cfg = self.cfg
         if cfg.val_data:
@@ -93,13 +104,19 @@ class Trainer:
     def _fresh(self, keep_metrics: bool = False):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        tok = Tokenizer.train(training_texts(self.train_src), cfg.vocab_size)
+        tok, tasks = None, None
+        if self.dist.is_main:  # built once, by rank 0, then shared
+            tok, tasks = Tokenizer.train(training_texts(self.train_src), cfg.vocab_size), learned_tasks(self.train_src, cfg.tasks)
+        if self.dist.enabled:
+            text, tasks = self.dist.broadcast_object((tok.to_str(), tasks) if tok else None)
+            tok = Tokenizer.from_str(text)
         mcfg = cfg.model_config(lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
         self.vlm = TinyVLM(VisionLanguageModel(mcfg).to(self.device), tok, cfg.image_fit)
-        self.vlm.tasks = learned_tasks(self.train_src, cfg.tasks)
-        self.out.mkdir(parents=True, exist_ok=True)
-        if not keep_metrics:
-            (self.out / METRICS).write_text("")
+        self.vlm.tasks = tasks
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not keep_metrics:
+                (self.out / METRICS).write_text("")
 
     def unreadable(self, record: Record) -> tuple[str, str] | None:
         """(picture, why) for the first of the record's pictures that cannot be read, else None.
@@ -126,25 +143,31 @@ class Trainer:
         """Drop metric lines written after the checkpoint, so the log matches the resumed run."""
         lines = (self.out / METRICS).read_text().splitlines() if (self.out / METRICS).exists() else []
         rows = [json.loads(l) for l in lines]
-        (self.out / METRICS).write_text("".join(l + "\n" for l, row in zip(lines, rows) if keep(row)))
+        if self.dist.is_main:
+            (self.out / METRICS).write_text("".join(l + "\n" for l, row in zip(lines, rows) if keep(row)))
         self.reported = {row[SKIPPED] for row in rows if SKIPPED in row and keep(row)}
 
     # --- the stages ----------------------------------------------------------------------------
     def run(self) -> TinyVLM:
         cfg = self.cfg
-        print(self.precision, file=sys.stderr)
+        if self.dist.is_main:
+            print(self.precision + (f", {self.dist.world} processes" if self.dist.enabled else ""), file=sys.stderr)
         if cfg.concept_pretrain and not (self.out / RUN_CHECKPOINT / STATE).is_file():
             stage = ConceptStage(self)
             run_stage(stage)
             if cfg.freeze_encoder:  # the head reads this encoder as it will stay: keep it, for grounded decoding
                 self.vlm.concepts, self.vlm.concept_head = stage.vocab, stage.head.eval().requires_grad_(False)
         run_stage(VLMStage(self))
-        from ..plots import plot_loss
-        plot_loss(self.out / METRICS, self.out / LOSS_PNG)
+        if self.dist.is_main:
+            from ..plots import plot_loss
+            plot_loss(self.out / METRICS, self.out / LOSS_PNG)
+        self.dist.barrier()  # no process reports the run done before rank 0 has written it
         return self.vlm
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TinyVLM:
     """Train (or resume) a model; the run directory `cfg.out` ends up holding checkpoint/ (the
-    model), metrics.jsonl and loss.png."""
-    return Trainer(cfg, resume).run()
+    model), metrics.jsonl and loss.png. Started by torchrun, each process calls this and they
+    train one model together (distributed.py)."""
+    with process_group(pick_device(cfg.device), cfg.dist_timeout) as dist:
+        return Trainer(cfg, resume, dist).run()

@@ -31,6 +31,18 @@ if TYPE_CHECKING:
 CONCEPT_STAGE, CONCEPT_WEIGHTS = "concepts", "encoder_and_head.safetensors"  # RUN/concepts/: the first stage
 
 
+class EncoderAndHead(torch.nn.Module):
+    """The image encoder with a concept head on top: one module, so DistributedDataParallel can
+    wrap what the concept stage trains (its weights are named encoder.* and head.*)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: ConceptHead):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> the head's scores
+        return self.head(self.encoder(pixels))
+
+
 class ConceptStage(Stage):
     """The encoder and a ConceptHead learn each picture's concepts: per patch for scene graphs,
     per picture for caption words. Validation: held-out concept loss and F1."""
@@ -48,17 +60,19 @@ class ConceptStage(Stage):
             self.module.load_state_dict(load_file(self.dir / CONCEPT_WEIGHTS, device=str(trainer.device)))
             self.restore(state)
         else:
-            self.vocab = build_vocab(trainer.training_records())
+            # built once, by rank 0, and shared: every process must score the same concepts
+            self.vocab = trainer.dist.broadcast_object(build_vocab(trainer.training_records())
+                                                       if trainer.dist.is_main else None)
             torch.manual_seed(self.cfg.seed)
             self._build()
         self.index = {c: i for i, c in enumerate(self.vocab)}
-        n = self.cfg.eval_batches * self.cfg.batch_size
+        n = self.cfg.eval_batches * self.cfg.batch_size if trainer.dist.is_main else 0  # rank 0 validates
         self.val = list(itertools.islice((r for r in trainer.validation_records() if usable(r) and self.readable(r)), n))
 
     def _build(self):
         t = self.trainer
         self.head = ConceptHead(t.vlm.cfg.vit_width, len(self.vocab)).to(t.device)
-        self.module = self.both = torch.nn.ModuleDict({"encoder": self.encoder, "head": self.head})
+        self.module = self.both = self.net = EncoderAndHead(self.encoder, self.head)
         self.opt = optimizer(self.both, self.cfg)
 
     def skips(self, record: Record) -> bool:
@@ -68,13 +82,13 @@ class ConceptStage(Stage):
         t = self.trainer
         return torch.stack([to_tensor(t.collate.images.get(r.images[0])) for r in records]).to(t.device)
 
-    def scores(self, records: list[Record]) -> torch.Tensor:
+    def scores(self, records: list[Record], net: torch.nn.Module | None = None) -> torch.Tensor:
         with self.trainer.autocast():
-            return self.head(self.encoder(self.pixels(records)))
+            return (net or self.both)(self.pixels(records))
 
     def forward(self, records: Records, micro: int):
         batch = [r for r, _ in itertools.islice(records, self.cfg.batch_size)]
-        loss = concept_loss(self.scores(batch), [targets(r, self.index, self.grid) for r in batch])
+        loss = concept_loss(self.scores(batch, self.net), [targets(r, self.index, self.grid) for r in batch])
         return loss, {"images": len(batch)}
 
     @torch.no_grad()
@@ -112,7 +126,7 @@ class VLMStage(Stage):
 
     def __init__(self, trainer: "Trainer"):
         super().__init__(trainer, *trainer.cfg.stage_budgets()["vlm"])
-        self.module = trainer.vlm.model
+        self.module = self.net = trainer.vlm.model
         self.opt = optimizer(self.module, self.cfg)
         self.best_val = float("inf")
         state_file = self.dir / STATE
@@ -124,7 +138,7 @@ class VLMStage(Stage):
 
     def _val_examples(self) -> list[list[Example]]:
         rng = random.Random(self.cfg.seed)
-        n = self.cfg.eval_batches * self.cfg.batch_size
+        n = self.cfg.eval_batches * self.cfg.batch_size if self.trainer.dist.is_main else 0  # rank 0 validates
         recs = list(itertools.islice(filter(self.readable, self.trainer.validation_records()), n))
         if not recs:
             return []
@@ -148,20 +162,20 @@ class VLMStage(Stage):
         return [record_to_example(r, rng, self.cfg.tasks, prefer=task)
                 for r, rng in itertools.islice(records, self.cfg.batch_size)]
 
-    def loss(self, batch: dict) -> torch.Tensor:
+    def loss(self, batch: dict, net: torch.nn.Module | None = None) -> torch.Tensor:
         device = self.trainer.device
         batch = {k: v.to(device) if v is not None else None for k, v in batch.items()}
         with self.trainer.autocast():
-            _, loss = self.module(batch["input_ids"], batch["images"], batch["labels"])
+            _, loss = (net or self.module)(batch["input_ids"], batch["images"], batch["labels"])
         return loss
 
     def forward(self, records: Records, micro: int):
         examples = self.batch_examples(records, self.step)
         aug_rng = None
-        if self.cfg.augment:  # fresh draws for each micro-batch (the first keeps the seed of a step)
+        if self.cfg.augment:  # fresh draws for each micro-batch and process (the first keeps the seed of a step)
             aug_rng = random.Random(f"aug:{self.cfg.seed}:{self.step}" + (f":{micro}" if micro else ""))
         batch = self.trainer.collate(examples, aug_rng)
-        return self.loss(batch), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
+        return self.loss(batch, self.net), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
 
     @torch.no_grad()
     def validate(self) -> dict | None:
