@@ -67,6 +67,8 @@ def padding_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor | None:
     """`attention_mask`, or None where no row is padded (the decoder is then plainly causal, and a
     one-token step sees its whole cache): a batch of one, or of equal prompts, builds no mask and
     attention takes the fused kernel without one."""
+    if torch.compiler.is_compiling():  # a traced graph (tinyvlm/export/) serves padded batches too: always mask
+        return attention_mask(valid, q_len)
     return None if bool(valid.all()) else attention_mask(valid, q_len)
 
 
