@@ -98,7 +98,7 @@ def test_onnxruntime_decodes_exactly_what_pytorch_decodes(run, fp32):
     from tinyvlm.export import export_bytes
     assert export_bytes(fp32) < 1.1 * weights
     card = (fp32 / CARD).read_text()
-    assert "ONNX export" in card and (fp32 / TRAINING).is_file()
+    assert "ONNX export" in card and "backend='onnxruntime'" in card and (fp32 / TRAINING).is_file()
 
 
 @needs_onnx
