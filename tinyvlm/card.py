@@ -77,17 +77,22 @@ def model_card(cfg: VLMConfig, params: dict[str, int], *, name: str = "tinyvlm m
     else:
         lines += ["Not recorded.", ""]
     lines += ["## Measured figures", ""]
+    # an export runs on onnxruntime; tinyvlm eval and the Python calls below then need the model folder or the backend
+    backend = " --backend onnxruntime" if exported else ""
+    on_ort = ", backend='onnxruntime'" if exported else ""
+    measure = ("`tinyvlm eval` on the model folder it was exported from; `benchmarks/export_onnx.py` for this "
+               "export's parity with it" if exported else "`tinyvlm eval --model THIS_FOLDER --data TEST_DATA`")
     shown = {k: v for k, v in figures.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     if shown:
         lines += ["| figure | value |", "|---|---|"] + [f"| {k} | {_value(v)} |" for k, v in shown.items()]
-        lines += ["", "Quality on held-out pictures: `tinyvlm eval --model THIS_FOLDER --data TEST_DATA` "
-                  "(docs/evaluation.md).", ""]
+        lines += ["", f"Quality on held-out pictures: {measure} (docs/evaluation.md).", ""]
     else:
-        lines += ["None recorded with the weights. Measure them with `tinyvlm eval --model THIS_FOLDER "
-                  "--data TEST_DATA`.", ""]
-    lines += ["## Use", "", "```bash", "pip install tinyvlm",
-              "tinyvlm describe picture.png --model THIS_FOLDER", "```", "", "```python",
-              "from tinyvlm import TinyVLM", "vlm = TinyVLM.from_pretrained('THIS_FOLDER')  # never touches the network",
+        lines += [f"None recorded with the weights. Measure them with {measure}.", ""]
+    lines += ["## Use", "", "With tinyvlm installed (its repository: `pip install -e .`):", "", "```bash",
+              f"tinyvlm describe picture.png --model THIS_FOLDER{backend}", "```", "", "```python",
+              "from tinyvlm import TinyVLM",
+              f"vlm = TinyVLM.from_pretrained('THIS_FOLDER'{on_ort})"
+              "  # never touches the network",
               "vlm.describe('picture.png')", "```", "",
               "## Limits", "",
               "- It knows only what its training data shows: trained from scratch on "

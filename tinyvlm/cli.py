@@ -113,9 +113,9 @@ def cmd_ask(a):
 
 
 def cmd_export(a):
-    from .export import export_onnx
+    from .export import export_bytes, export_onnx
     out = export_onnx(a.model, a.out, int8=a.int8)
-    size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".onnx")
+    size = export_bytes(out)
     print(f"exported {a.model} to {out} ({'int8' if a.int8 else 'fp32'} ONNX, {size / 1e6:.1f} MB of graphs; "
           f"try: tinyvlm describe IMAGE --backend onnxruntime --model {out})")
 

@@ -7,6 +7,9 @@
 - step.onnx:    next_ids (B,), valid (B, T), each layer's past keys and values (B, heads, T,
                 head_size) -> logits (B, V), valid (B, T + 1) and the keys and values grown by one.
 
+The prefill and step graphs hold the same decoder weights: `finish_graphs` stores them once, in
+decoder.weights beside the graphs (ONNX external data), which both graphs point into.
+
 The KV cache is the graphs' input and output, so the caller (runtime.py) keeps it and the one
 decoding loop (generate.py) drives both backends. The graphs wrap the model's own `prefill` and
 `step`: nothing of the model is written twice. They are traced by torch.onnx's dynamo exporter
@@ -36,6 +39,8 @@ from ..tokenizer import IMAGE_ID
 
 VISION, PREFILL, STEP = "vision.onnx", "prefill.onnx", "step.onnx"
 GRAPHS = (VISION, PREFILL, STEP)
+DECODER_WEIGHTS = "decoder.weights"  # the weights the prefill and step graphs share, stored once
+SHARED_BYTES = 1024  # tensors from this size up are shared; smaller ones stay inside their graph
 OPSET = 18
 
 
@@ -132,6 +137,53 @@ def quantize(src: Path, dst: Path) -> None:
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
 
 
+def _slim(model) -> None:
+    """Drop what torch.onnx records for debugging (each node's FX source, module path and names):
+    nine tenths of a small graph's file, and nothing onnxruntime reads."""
+    for node in model.graph.node:
+        node.ClearField("metadata_props")
+        node.doc_string = ""
+    model.graph.ClearField("value_info")
+
+
+def finish_graphs(folder: Path, shared: tuple[str, ...] = (PREFILL, STEP), location: str = DECODER_WEIGHTS) -> None:
+    """Slim every graph, then store every large weight of the graphs `shared` once, in `location`
+    beside them (ONNX external data), and point each graph's copy into it: the decoder is not
+    stored twice. A weight is the same when its type, shape and bytes are (renamed copies too)."""
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import set_external_data
+    for name in set(GRAPHS) - set(shared):
+        model = onnx.load(str(folder / name))
+        _slim(model)
+        onnx.save(model, str(folder / name))
+    models = [onnx.load(str(folder / name)) for name in shared]
+    where: dict[tuple, tuple[int, int]] = {}
+    with open(folder / location, "wb") as f:
+        for model in models:
+            for t in model.graph.initializer:
+                if len(t.raw_data) < SHARED_BYTES:
+                    continue
+                key = (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest())
+                if key not in where:
+                    f.write(b"\0" * (-f.tell() % 64))  # aligned, as onnx itself writes external data
+                    where[key] = (f.tell(), len(t.raw_data))
+                    f.write(t.raw_data)
+                offset, length = where[key]
+                set_external_data(t, location, offset, length)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                t.ClearField("raw_data")
+    for name, model in zip(shared, models):
+        _slim(model)
+        onnx.save(model, str(folder / name))
+
+
+def export_bytes(folder: str | os.PathLike) -> int:
+    """What an export's graphs and their weights take on disk (config, tokenizer and card aside)."""
+    return sum((Path(folder) / name).stat().st_size for name in (*GRAPHS, DECODER_WEIGHTS))
+
+
 def need_onnx() -> None:
     """One clear line when the export extra is not installed."""
     try:
@@ -163,7 +215,7 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, int8: bool = F
         vlm = load_onnx(model)  # checks the folder is whole
     else:
         vlm = TinyVLM.from_pretrained(model, device="cpu")
-    with atomic_dir(out, also=GRAPHS) as tmp:
+    with atomic_dir(out, also=(*GRAPHS, DECODER_WEIGHTS)) as tmp:
         if from_export:
             for name in GRAPHS:
                 quantize(Path(model) / name, tmp / name)
@@ -174,9 +226,10 @@ def export_onnx(model: str | os.PathLike, out: str | os.PathLike, int8: bool = F
                     quantize(Path(fp32) / name, tmp / name)
         else:
             write_graphs(vlm.model, tmp)
+        finish_graphs(tmp)
         meta = {k: v for k, v in vlm.meta().items() if k not in ("concepts", "concept_plugin")}  # no head exported
         meta["export"] = {"format": "onnx", "opset": OPSET, "weights": "int8" if int8 else "fp32",
-                          "graphs": list(GRAPHS), "params": VisionLanguageModel(vlm.cfg).num_params()}
+                          "graphs": list(GRAPHS), "weights_file": DECODER_WEIGHTS, "params": VisionLanguageModel(vlm.cfg).num_params()}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
         vlm.tokenizer.save(tmp / TOKENIZER)
         if vlm.training is not None:

@@ -20,7 +20,7 @@ from ..card import TRAINING
 from ..checkpoint import CONFIG, TOKENIZER, read_json
 from ..config import VLMConfig
 from ..errors import TinyVLMError
-from .graphs import GRAPHS, PREFILL, STEP, VISION, export_onnx, kv_names, need_onnx
+from .graphs import DECODER_WEIGHTS, GRAPHS, PREFILL, STEP, VISION, export_onnx, kv_names, need_onnx
 
 
 @dataclass
@@ -92,7 +92,7 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None):
         raise TinyVLMError(f"{folder} holds a {meta.get('format', 'unknown')} "
                            f"{meta['export'].get('format', 'unknown') if isinstance(meta['export'], dict) else ''} "
                            f"export; this tinyvlm runs {FORMAT} onnx exports: export the model again")
-    for name in (*GRAPHS, TOKENIZER):
+    for name in (*GRAPHS, DECODER_WEIGHTS, TOKENIZER):
         if not (folder / name).is_file():
             raise TinyVLMError(f"{folder} is an ONNX export without {name}: export the model again")
     cfg = VLMConfig.from_dict(meta.get("model", {}), strict=False)
