@@ -9,6 +9,7 @@ from tinyvlm.config import PAPER_PARAMS, get_preset
 from tinyvlm.errors import TinyVLMError
 from tinyvlm.generate import Sampling, generate
 from tinyvlm.model import VisionLanguageModel
+from tinyvlm.model.vlm import attention_mask, padding_mask
 from tinyvlm.tokenizer import (ASSISTANT_ID, BOS_ID, EOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, SPECIALS,
                                USER_ID, Tokenizer)
 
@@ -84,6 +85,32 @@ def test_batched_rows_decode_as_if_alone():
     both = generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=20))
     alone = [generate(m, [p], images[i:i + 1], Sampling(max_new_tokens=20))[0] for i, p in enumerate(_prompts(m.cfg))]
     assert both == alone
+
+
+def test_unpadded_rows_skip_the_mask_with_the_same_logits():
+    """No row padded: prefill and step build no mask (the fused kernel's fast path); their logits
+    equal those of the masked path, forced."""
+    m = _model()
+    ids = torch.tensor([_prompts(m.cfg)[0]])
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    images = torch.randn(1, 3, 32, 32)
+    assert padding_mask(valid, ids.shape[1]) is None
+    with torch.no_grad():
+        logits, state = m.prefill(ids, valid, images)
+        h, cache = m.decoder(m.embed(ids, images), torch.arange(ids.shape[1])[None], attention_mask(valid, ids.shape[1]))
+        torch.testing.assert_close(logits, m.decoder.head(h[:, -1]))
+        nxt = logits.argmax(-1)
+        stepped, _ = m.step(nxt, state)
+        valid2 = torch.ones(1, ids.shape[1] + 1, dtype=torch.bool)
+        h, _ = m.decoder(m.decoder.tok(nxt)[:, None], torch.tensor([[ids.shape[1]]]), attention_mask(valid2, 1), cache)
+        torch.testing.assert_close(stepped, m.decoder.head(h[:, -1]))
+        # and a future key never leaks into the unmasked prefill: a changed last token leaves the rest
+        changed = ids.clone()
+        changed[0, -1] = 50
+        a, _ = m.decoder(m.embed(ids, images), torch.arange(ids.shape[1])[None])
+        b, _ = m.decoder(m.embed(changed, images), torch.arange(ids.shape[1])[None])
+        torch.testing.assert_close(a[:, :-1], b[:, :-1])
+        assert not torch.allclose(a[:, -1], b[:, -1])
 
 
 @pytest.mark.parametrize("kind", ["causal", "mask", "none"])
@@ -195,3 +222,64 @@ def test_over_long_prompt_is_rejected():
     m = _model()
     with pytest.raises(TinyVLMError, match="too long"):
         generate(m, [[BOS_ID] + [40] * m.cfg.lm_max_len], None)
+
+
+def test_repetition_penalty_reads_the_history_it_keeps():
+    """The decoding loop keeps the ids written so far only for the repetition penalty: with it,
+    a random model that loops under plain greedy repeats itself less."""
+    m = _model()
+    images = torch.randn(2, 3, 32, 32)
+    plain = generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=30))
+    penalised = generate(m, _prompts(m.cfg), images, Sampling(max_new_tokens=30, repetition_penalty=100.0))
+    repeats = lambda rows: sum(len(r) - len(set(r)) for r in rows)
+    assert repeats(penalised) < repeats(plain)
+
+
+def test_rope_turns_each_channel_pair_as_a_complex_number():
+    """apply_rope on queries and keys together equals rotating each pair (i, i + d/2) by
+    position x base^(-2i/d), written out as complex multiplication."""
+    from tinyvlm.model.transformer import apply_rope, rope_angles
+    torch.manual_seed(0)
+    B, T, H, D = 2, 5, 3, 8
+    x = torch.randn(B, T, 2, H, D)
+    positions = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 1, 2, 7]])
+    got = apply_rope(x, rope_angles(positions, D, 10000.0))
+    theta = positions[..., None].double() * 10000.0 ** (-torch.arange(0, D, 2).double() / D)  # (B, T, D/2)
+    z = torch.complex(x[..., :D // 2].double(), x[..., D // 2:].double()) * torch.polar(torch.ones_like(theta), theta)[:, :, None, None]
+    torch.testing.assert_close(got, torch.cat([z.real, z.imag], dim=-1).float())
+    assert not torch.allclose(got[0, 1], x[0, 1])  # position 1 turns; position 0 stays
+    torch.testing.assert_close(got[:, 0], x[:, 0])
+
+
+def test_weighted_cross_entropy_matches_pytorchs_loss_and_gradient():
+    """The one-pass loss equals F.cross_entropy weighted per token, value and gradient, also under a
+    non-unit upstream gradient; with no targets it is 0."""
+    from tinyvlm.model.loss import weighted_cross_entropy
+    torch.manual_seed(0)
+    logits = (torch.randn(37, 101, dtype=torch.float64) * 3).requires_grad_()
+    targets, weights = torch.randint(0, 101, (37,)), torch.rand(37, dtype=torch.float64)
+    ref = logits.detach().clone().requires_grad_()
+    (2.5 * weighted_cross_entropy(logits, targets, weights)).backward()
+    expected = 2.5 * (torch.nn.functional.cross_entropy(ref, targets, reduction="none") * weights).sum()
+    expected.backward()
+    torch.testing.assert_close(2.5 * weighted_cross_entropy(logits.detach(), targets, weights), expected.detach())
+    torch.testing.assert_close(logits.grad, ref.grad)
+    unit = logits.detach().clone().requires_grad_()
+    weighted_cross_entropy(unit, targets, weights).backward()  # upstream gradient 1: handed on as is
+    torch.testing.assert_close(unit.grad, ref.grad / 2.5)
+    assert weighted_cross_entropy(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), torch.zeros(0)).item() == 0
+
+
+def test_training_loss_weighs_each_example_the_same():
+    """forward's loss is the mean over examples of each example's mean token loss, as before the
+    one-pass loss: a row with 1 answer token weighs as much as a row with 10."""
+    m = _model()
+    ids = torch.tensor(_prompts(m.cfg)[1] + list(range(20, 30)))[None].repeat(2, 1)
+    labels = torch.full_like(ids, -100)
+    labels[0, -11:-1] = ids[0, -10:]
+    labels[1, -2] = ids[1, -1]
+    images = torch.randn(2, 3, 32, 32)
+    _, loss = m(ids, images, labels)
+    logits, _ = m(ids, images)
+    per = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+    torch.testing.assert_close(loss, (per[0].sum() / 10 + per[1].sum()) / 2)

@@ -16,19 +16,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import plugins
+from .card import CARD, TRAINING, model_card
 from .checkpoint import CONCEPT_HEAD, CONFIG, TOKENIZER, WEIGHTS, atomic_dir, cpu_state, read_json, resolve
 from .concepts import ConceptHead, Grounding
 from .config import VLMConfig
 from .data.batches import MAX_TOKENS, Collator, Example, ask_prompt, describe_prompt
 from .data.images import preprocess
 from .errors import TinyVLMError, TrainedTaskWarning, check_range
-from .generate import Constraint, Sampling, stream
+from .generate import Backend, Constraint, Sampling, backend_device, stream
 from .messages import parse_messages
 from .model import IGNORE, VisionLanguageModel
 from .model.reduce import ReduceConfig
 from .tokenizer import EOS_ID, IMAGE_SLOT, Tokenizer
 
 FORMAT = "tinyvlm/2"  # the chat template and rotary positions; tinyvlm/1 models need retraining
+BACKENDS = ("torch", "onnxruntime")  # what runs the model: PyTorch, or its ONNX export (tinyvlm/export/)
 
 ImageLike = "str | os.PathLike | Image.Image"
 
@@ -60,30 +62,48 @@ class TinyVLM:
     concept head that reads that encoder (`concepts` names the head's outputs): what lets
     `Sampling(ground=p)` keep the model from naming what its encoder does not see.
     `concept_plugin` names the plug-in that labelled the concepts (tinyvlm.plugins), whose
-    grounding then applies; None when no plug-in did (caption words), or to find it from them."""
+    grounding then applies; None when no plug-in did (caption words), or to find it from them.
+    `model` is the PyTorch model, or any decoding Backend (generate.py): an ONNX export run by
+    onnxruntime describes, asks and chats the same way, through the same decoding loop."""
 
-    def __init__(self, model: VisionLanguageModel, tokenizer: Tokenizer, image_fit: str = "pad",
+    def __init__(self, model: VisionLanguageModel | Backend, tokenizer: Tokenizer, image_fit: str = "pad",
                  concepts: list[str] | None = None, concept_head: ConceptHead | None = None,
                  concept_plugin: str | None = None):
         self.model, self.tokenizer, self.image_fit = model, tokenizer, image_fit
         self.cfg = model.cfg
         self.concepts, self.concept_head, self.concept_plugin = concepts, concept_head, concept_plugin
         self.tasks: tuple[str, ...] | None = None  # what its training taught (learned_tasks); None: not known
+        self.training: dict | None = None  # the TrainConfig that made it (training.json); None: not known
+        self.figures: dict[str, float] = {}  # what its training measured, for the model card
 
     # --- files -------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu", keep_tokens: float = 1.0,
-                        merge: int = 0) -> "TinyVLM":
+                        merge: int = 0, backend: str = "torch") -> "TinyVLM":
         """Load a saved model. `keep_tokens` (a share, 1 = all) and `merge` (tokens per encoder
         block, 0 = off) spend fewer visual tokens without retraining (model/reduce.py); they are
-        kept on the loaded model, not in its saved config."""
+        kept on the loaded model, not in its saved config. `backend` "onnxruntime" runs an ONNX
+        export (`tinyvlm export`), or exports a model folder on the fly (tinyvlm/export/).
+        Config fields this tinyvlm does not know warn (UnknownConfigWarning) and are ignored.
+        Nothing is ever fetched: `path` is a local folder."""
+        if backend not in BACKENDS:
+            raise TinyVLMError(f"unknown backend '{backend}': use {' or '.join(BACKENDS)}")
         reduce = ReduceConfig(keep_tokens, merge)  # a bad setting fails before the weights are read
+        if backend == "onnxruntime":
+            if reduce.active:
+                raise TinyVLMError("the ONNX export reads every visual token: --keep-tokens and --merge need "
+                                   "the torch backend")
+            from .export.runtime import load_onnx
+            return load_onnx(path)
+        if (Path(path) / CONFIG).is_file() and "export" in read_json(Path(path) / CONFIG):
+            raise TinyVLMError(f"{path} is an ONNX export: run it with the onnxruntime backend "
+                               "(--backend onnxruntime), or load the model folder it was exported from")
         d = resolve(path)
         meta = read_json(d / CONFIG)
         if meta.get("format") != FORMAT:
             raise TinyVLMError(f"{d} holds a {meta.get('format', 'unknown')} model; this tinyvlm reads {FORMAT} "
                                "(the chat template and rotary positions): retrain it with `tinyvlm train`")
-        cfg = VLMConfig.from_dict(meta.get("model", {}))
+        cfg = VLMConfig.from_dict(meta.get("model", {}), strict=False)
         model = VisionLanguageModel(cfg)
         try:
             state = load_file(d / WEIGHTS)
@@ -109,6 +129,8 @@ class TinyVLM:
         plugin = meta.get("concept_plugin") or (plugins.labeller(meta["concepts"]) if head is not None else None)
         vlm = cls(model, Tokenizer.load(d / TOKENIZER), meta.get("image_fit", "pad"), meta.get("concepts"), head, plugin)
         vlm.tasks = tuple(meta["tasks"]) if meta.get("tasks") else None
+        vlm.figures = dict(meta.get("figures") or {})
+        vlm.training = read_json(d / TRAINING) if (d / TRAINING).is_file() else None
         return vlm
 
     def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
@@ -119,21 +141,43 @@ class TinyVLM:
         return Path(path)
 
     def write_files(self, d: Path) -> None:
-        meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": FORMAT}
-        if self.tasks:
-            meta["tasks"] = list(self.tasks)
+        """config.json, the weights, tokenizer.json, the model card (README.md) and, when known, the
+        training config (training.json) and concept head."""
+        if not isinstance(self.model, VisionLanguageModel):
+            raise TinyVLMError("only a PyTorch model can be saved; an ONNX export is already a folder of its own")
         if self.concept_head is not None:
-            meta["concepts"] = self.concepts
-            plugin = self.labelled_by()
-            if plugin:
-                meta["concept_plugin"] = plugin
             save_file(cpu_state(self.concept_head), d / CONCEPT_HEAD)
-        (d / CONFIG).write_text(json.dumps(meta, indent=2))
+        (d / CONFIG).write_text(json.dumps(self.meta(), indent=2))
         state = cpu_state(self.model)
         if self.cfg.lm_tie_weights:
             state.pop("decoder.head.weight")
         save_file(state, d / WEIGHTS)
         self.tokenizer.save(d / TOKENIZER)
+        if self.training is not None:
+            (d / TRAINING).write_text(json.dumps(self.training, indent=2))
+        (d / CARD).write_text(self.card())
+
+    def meta(self) -> dict:
+        """What config.json holds: the model's config and what tinyvlm needs to use it."""
+        meta = {"model": asdict(self.cfg), "image_fit": self.image_fit, "format": FORMAT}
+        if self.tasks:
+            meta["tasks"] = list(self.tasks)
+        if self.figures:
+            meta["figures"] = self.figures
+        if self.concept_head is not None:
+            meta["concepts"] = self.concepts
+            plugin = self.labelled_by()
+            if plugin:
+                meta["concept_plugin"] = plugin
+        return meta
+
+    def card(self, name: str | None = None, exported: str | None = None) -> str:
+        """The model card (card.py) for this model's folder."""
+        model = self.model if isinstance(self.model, VisionLanguageModel) else VisionLanguageModel(self.cfg)
+        return model_card(self.cfg, model.num_params(), name=name or "tinyvlm model", tasks=self.tasks,
+                          training=self.training, figures=self.figures,
+                          concepts=len(self.concepts or ()) if self.concept_head is not None else 0,
+                          exported=exported)
 
     def labelled_by(self) -> str | None:
         """The plug-in that labelled the concept head's concepts: as named, or found from the
@@ -143,7 +187,7 @@ class TinyVLM:
     # --- use -----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return backend_device(self.model)
 
     def pixels(self, images: Sequence[ImageLike]) -> torch.Tensor:
         return torch.stack([preprocess(im, self.cfg.vit_image_size, self.image_fit) for im in images])
@@ -224,6 +268,7 @@ class TinyVLM:
         the row's pictures and the text already in the row, its prompt and prefix: a decoding
         constraint, built by the plug-in that labelled the concepts, or the core's
         concepts.Grounding when none did (docs/evaluation.md#grounded-decoding)."""
+        self._need_torch("grounded decoding")
         if self.concept_head is None:
             raise TinyVLMError("grounded decoding needs the model's concept head, which only a run trained with "
                                "--concept-pretrain and --freeze-encoder keeps; decode without --ground")
@@ -252,6 +297,11 @@ class TinyVLM:
         self._check_trained("qa", "questions ('qa')")
         return self.generate([ask_prompt(question)], [[image]], sampling=sampling or Sampling(max_new_tokens=16))[0]
 
+    def _need_torch(self, what: str) -> None:
+        if not isinstance(self.model, VisionLanguageModel):
+            raise TinyVLMError(f"{what} needs the PyTorch model (the ONNX export holds only the decoding graphs): "
+                               "use the torch backend")
+
     def _check_trained(self, task: str, what: str) -> None:
         """Warn (one line) when the model's training never taught `task`: its text will show it."""
         if self.tasks and task not in self.tasks:
@@ -265,6 +315,7 @@ class TinyVLM:
         a text, for ranking a true description above a false one. An example longer than the
         context raises TinyVLMError rather than score a cut text."""
         check_range("batch_size", batch_size, 1, integer=True)
+        self._need_torch("scoring texts (logprob)")
         self.model.eval()
         collate = Collator(self.tokenizer, self.cfg, self.image_fit, truncate=False,
                            image_tokens=self.model.image_token_counts(1)[0])

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .card import CARD, MARK, TRAINING
 from .errors import TinyVLMError
 from .files import atomic_dir as _atomic_dir, owned_names
 
@@ -22,7 +23,7 @@ CONCEPT_HEAD = "concept_head.safetensors"  # only beside an encoder frozen since
 RUN_CHECKPOINT = "checkpoint"  # a training run keeps its latest model in RUN/checkpoint/
 # Every file name tinyvlm writes into a model or checkpoint folder: the model's, then a training
 # run's (train's STATE, OPTIMIZER and CONCEPT_WEIGHTS; a test keeps the two lists in step).
-MODEL_FILES = (CONFIG, WEIGHTS, TOKENIZER, CONCEPT_HEAD)
+MODEL_FILES = (CONFIG, WEIGHTS, TOKENIZER, CONCEPT_HEAD, CARD, TRAINING)
 RUN_FILES = ("state.json", "optimizer.safetensors", "encoder_and_head.safetensors")
 FORMAT = "tinyvlm/"  # config.json's "format" starts with it
 
@@ -31,13 +32,25 @@ FORMAT = "tinyvlm/"  # config.json's "format" starts with it
 def atomic_dir(path: str | os.PathLike, also: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a temporary directory; when the block succeeds, it replaces `path` whole. Refuses
     (TinyVLMError naming what is there) if `path` holds anything but tinyvlm's own files (MODEL_FILES,
-    RUN_FILES, `also`) or a config.json that is not tinyvlm's."""
-    path = Path(path)
+    RUN_FILES, `also`), a config.json that is not tinyvlm's, or a README.md that is not tinyvlm's
+    model card (unless `also` names it: the caller writes its own)."""
+    path, also = Path(path), tuple(also)
     if (path / CONFIG).is_file() and not _is_tinyvlm_config(path / CONFIG):
         raise TinyVLMError(f"{path} holds a {CONFIG} that is not a tinyvlm model's: tinyvlm will not "
                            f"replace it; choose an empty or new folder")
+    if CARD not in also and (path / CARD).is_file() and not _is_tinyvlm_card(path / CARD):
+        raise TinyVLMError(f"{path} holds a {CARD} that tinyvlm did not write: tinyvlm will not replace it; "
+                           "choose an empty or new folder")
     with _atomic_dir(path, owned_names((*MODEL_FILES, *RUN_FILES, *also)), "a tinyvlm model") as tmp:
         yield tmp
+
+
+def _is_tinyvlm_card(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip() == MARK
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _is_tinyvlm_config(path: Path) -> bool:

@@ -96,7 +96,7 @@ def cmd_describe(a):
     from .api import TinyVLM
     from .data.batches import MAX_TOKENS
     sampling = _sampling(a, MAX_TOKENS[a.style])  # the options are checked before the model is loaded
-    vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge)
+    vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge, backend=a.backend)
     from .data.images import load_image
     for path in a.images:
         load_image(path)  # every image checked before the model spends time on any
@@ -108,8 +108,16 @@ def cmd_describe(a):
 def cmd_ask(a):
     from .api import TinyVLM
     sampling = _sampling(a, 16)
-    vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge)
+    vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge, backend=a.backend)
     print(vlm.ask(a.image, a.question, sampling=sampling))
+
+
+def cmd_export(a):
+    from .export import export_onnx
+    out = export_onnx(a.model, a.out, int8=a.int8)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".onnx")
+    print(f"exported {a.model} to {out} ({'int8' if a.int8 else 'fp32'} ONNX, {size / 1e6:.1f} MB of graphs; "
+          f"try: tinyvlm describe IMAGE --backend onnxruntime --model {out})")
 
 
 def cmd_data_world(a):
@@ -279,9 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
             max_new = "16"
         s.add_argument("--model", required=True, help="model or run directory")
         s.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+        s.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                       help="what runs the model: PyTorch, or onnxruntime on an ONNX export (`tinyvlm export`; "
+                            "a model folder is exported on the fly)")
         _add_sampling(s, max_new)
         _add_reduce(s)
         s.set_defaults(fn=fn)
+
+    s = command(sub, "export", "export a model to ONNX for onnxruntime, optionally with int8 weights (docs/export.md)")
+    s.add_argument("--model", required=True, help="model or run directory (with --int8, also an fp32 export)")
+    s.add_argument("--format", choices=["onnx"], default="onnx", help="the export format")
+    s.add_argument("--out", required=True, help="a new folder for the graphs, config.json, tokenizer.json and the model card")
+    s.add_argument("--int8", action="store_true",
+                   help="int8 weights by onnxruntime's dynamic quantization: about 3x smaller, output may differ a little")
+    s.set_defaults(fn=cmd_export)
 
     data = command(sub, "data", "make or import datasets").add_subparsers(dest="data_command", required=True,
                                                                          metavar="DATA_COMMAND")

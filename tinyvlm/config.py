@@ -7,9 +7,10 @@ CPU run is a config value, not a fork.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
 
-from .errors import TinyVLMError, check_range
+from .errors import TinyVLMError, UnknownConfigWarning, check_range
 from .tokenizer import SPECIALS
 
 
@@ -98,12 +99,19 @@ class VLMConfig:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "VLMConfig":
+    def from_dict(cls, d: dict, strict: bool = True) -> "VLMConfig":
+        """Fields this tinyvlm does not know are an error, or with `strict=False` a warning
+        (UnknownConfigWarning) and ignored: a model folder written by a newer tinyvlm still loads."""
+        if not isinstance(d, dict):
+            raise TinyVLMError(f"the model config must be a JSON object; got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = sorted(set(d) - known)
+        if unknown and strict:
+            raise TinyVLMError(f"unknown config field(s): {', '.join(unknown)}")
         if unknown:
-            raise TinyVLMError(f"unknown config field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+            warnings.warn(f"the model config has field(s) this tinyvlm does not know, ignored: {', '.join(unknown)}",
+                          UnknownConfigWarning, stacklevel=3)
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 PRESETS: dict[str, VLMConfig] = {

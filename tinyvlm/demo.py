@@ -25,7 +25,8 @@ from .train import CONCEPT_STAGE, STATE, TrainConfig, train
 SUMMARY = ("run", "setting", *RUBRIC, "claim_precision", "hallucination_per_thing", "vqa",
            "probe")  # the full table is in the report
 DEMO_MODEL = dict(image_size=64, patch_size=16, stem="conv", concept_pretrain=0.3, freeze_encoder=True,
-                  dropout=0.0, tasks=("short", "qa"), batch_size=32, eval_every=200, save_every=200)
+                  dropout=0.0, tasks=("short", "qa"), batch_size=32, eval_every=200, save_every=200,
+                  dtype="fp32")  # bf16 autocast (auto's choice where the CPU has it natively) gives other figures
 
 
 DEMO_STEPS = 5200  # 1,560 concept + 3,640 VLM steps, as many as 8 minutes gave on this 2-core machine

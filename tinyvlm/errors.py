@@ -16,6 +16,11 @@ class TrainedTaskWarning(UserWarning):
     """A model was asked for a task (a description style, questions) its training never taught."""
 
 
+class UnknownConfigWarning(UserWarning):
+    """A model folder's config.json names fields this tinyvlm does not know (a newer tinyvlm wrote
+    it, or a person added them): they are ignored, so the model may not behave as its writer meant."""
+
+
 def check_range(name: str, value, lo: float | None = None, hi: float | None = None, *, integer: bool = False,
                 lo_open: bool = False, hi_open: bool = False, note: str = "") -> None:
     """Raise one clear TinyVLMError unless `value` is a finite number (a whole number with

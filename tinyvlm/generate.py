@@ -6,6 +6,10 @@ a boolean mask keeps padding out of attention and position ids count only real t
 decodes the same alone or in a batch. `stream` yields each token as it is decoded, with its
 log-probability; `generate` is `stream` collected.
 
+The loop reads a model through `Backend`, its prefill and step: the PyTorch model is one, and an
+exported ONNX model run by onnxruntime (tinyvlm/export/runtime.py) is another, so both decode
+through this same loop.
+
 A constraint is any callable `(new_ids (B, t), logits (B, V)) -> banned (B, V)`: given the ids each
 row has written so far in this call and the next logits, True where that row may not write a token
 next. Grounded decoding is one (TinyVLM.grounding); the decoding loop knows nothing else of it.
@@ -13,15 +17,40 @@ next. Grounded decoding is one (TinyVLM.grounding); the decoding loop knows noth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import torch
 
+from .config import VLMConfig
 from .errors import TinyVLMError, check_range, check_seed
-from .model import VisionLanguageModel
 from .tokenizer import EOS_ID, IMAGE_ID, PAD_ID, SPECIALS
 
 Constraint = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Backend(Protocol):
+    """What the decoding loop needs of a model (model/vlm.py's VisionLanguageModel has it all):
+    `image_features` encodes pictures once; `prefill` reads left-padded prompts (B, T) whose real
+    tokens `valid` (B, T) marks and returns the next logits (B, V) and a state; `step` feeds one
+    token per row (B,) and returns the following logits and the new state. The state (a KV cache)
+    is the backend's own business."""
+    cfg: VLMConfig
+
+    def image_token_counts(self, n_images: int) -> list[int]: ...
+
+    def image_features(self, images: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def prefill(self, input_ids: torch.Tensor, valid: torch.Tensor,
+                features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]: ...
+
+    def step(self, next_ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
+
+
+def backend_device(model: Backend) -> torch.device:
+    """Where a backend wants its inputs: a PyTorch model's device; anything else takes CPU tensors."""
+    if isinstance(model, torch.nn.Module):
+        return next(model.parameters()).device
+    return torch.device("cpu")
 
 
 @dataclass
@@ -56,8 +85,8 @@ def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def _next_token(logits: torch.Tensor, history: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
-    """logits (B, V), history (B, T) token ids so far -> next ids (B,)"""
+def _next_token(logits: torch.Tensor, history: torch.Tensor | None, s: Sampling, gen: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V), history (B, T) token ids so far (None without a repetition penalty) -> next ids (B,)"""
     logits = logits.float()
     if s.repetition_penalty != 1.0:
         seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, history, True)
@@ -91,15 +120,16 @@ class Token(NamedTuple):
 
 
 @torch.no_grad()
-def stream(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
+def stream(model: Backend, prompts: list[list[int]], images: torch.Tensor | None,
            sampling: Sampling = Sampling(), use_cache: bool = True, constraint: Constraint | None = None,
            features: list[torch.Tensor] | None = None) -> Iterator[Token]:
     """Continue each prompt (token ids, image slots already expanded) until <|eos|> or
     max_new_tokens, yielding each row's tokens as they are decoded, step by step. `images` holds
     the prompts' pictures in order of appearance (or `features`, their image tokens already
     computed). Without `use_cache`, every step re-reads the whole sequence (for tests)."""
-    model.eval()
-    device = next(model.parameters()).device
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    device = backend_device(model)
     longest = max(len(p) for p in prompts)
     if longest >= model.cfg.lm_max_len:
         raise TinyVLMError(f"prompt of {longest} tokens is too long: the model reads at most "
@@ -112,24 +142,29 @@ def stream(model: VisionLanguageModel, prompts: list[list[int]], images: torch.T
     if features is None and images is not None and len(images):
         features = model.image_features(images)  # the pictures are encoded once, whatever use_cache says
     logits, state = model.prefill(ids, valid, features=features)
-    history = ids.masked_fill(ids == IMAGE_ID, PAD_ID)
+    # the ids so far, read only by the repetition penalty
+    history = ids.masked_fill(ids == IMAGE_ID, PAD_ID) if sampling.repetition_penalty != 1.0 else None
     out = torch.full((len(prompts), steps), PAD_ID, dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool)
     for t in range(steps):
-        logp = logits.float().log_softmax(-1)  # the model's own distribution, before any constraint
+        raw = logits.float()  # the model's own distribution, before any constraint
         if constraint is not None:
             logits = logits.masked_fill(constraint(out[:, :t], logits).to(device), float("-inf"))
-        nxt = _next_token(logits, history, sampling, gen).cpu()
-        logp = logp.gather(1, nxt.to(device)[:, None]).squeeze(1).cpu()
-        for row in (~done).nonzero().flatten().tolist():
-            finish = "stop" if nxt[row] == EOS_ID else "length" if t == steps - 1 else None
-            yield Token(row, int(nxt[row]), float(logp[row]), finish)
+        nxt = _next_token(logits, history, sampling, gen)
+        # log p(chosen) = its logit - logsumexp: no full-vocabulary log_softmax
+        logp = (raw.gather(1, nxt[:, None]).squeeze(1) - raw.logsumexp(-1)).tolist()
+        nxt = nxt.cpu()
+        finish = "length" if t == steps - 1 else None
+        for row, (i, d) in enumerate(zip(nxt.tolist(), done.tolist())):  # plain ints: no tensor indexing per row
+            if not d:
+                yield Token(row, i, logp[row], "stop" if i == EOS_ID else finish)
         nxt = nxt.masked_fill(done, PAD_ID)
         out[:, t] = nxt
         done |= nxt == EOS_ID
         if bool(done.all()) or t == steps - 1:
             break
-        history = torch.cat([history, nxt[:, None].to(device)], dim=1)
+        if history is not None:
+            history = torch.cat([history, nxt[:, None].to(device)], dim=1)
         if use_cache:
             logits, state = model.step(nxt.to(device), state)
         else:  # the whole sequence again, for checking the cache
@@ -138,7 +173,7 @@ def stream(model: VisionLanguageModel, prompts: list[list[int]], images: torch.T
             logits, state = model.prefill(ids, valid, features=features)
 
 
-def generate(model: VisionLanguageModel, prompts: list[list[int]], images: torch.Tensor | None,
+def generate(model: Backend, prompts: list[list[int]], images: torch.Tensor | None,
              sampling: Sampling = Sampling(), use_cache: bool = True, constraint: Constraint | None = None,
              features: list[torch.Tensor] | None = None) -> list[list[int]]:
     """`stream` collected: each row's new ids, without the closing <|eos|>."""

@@ -24,7 +24,9 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None,
                 cache: list[KV] | None = None, trace: bool = False):
         """x: (B, T, C) input embeddings; positions: (B, T) each token's place among its row's real
-        tokens; mask: (B, 1, T, T_past + T) bool, True = may attend (None = plain causal, no cache).
+        tokens; mask: (B, 1, T, T_past + T) bool, True = may attend. None where no row is padded, so
+        attention takes PyTorch's fused path with no mask to build or read: plain causal without a
+        cache; with a cache, a one-token step that sees every cached key (its own row's past).
         Returns the final hidden states (B, T, C) and the new cache; the caller applies `head`
         only where it needs logits (training skips picture and prompt positions, generation needs
         only the last). With `trace`, also the hidden states entering each block and after the
@@ -34,7 +36,7 @@ class Decoder(nn.Module):
         new_cache, states, attentions = [], [], []
         for i, block in enumerate(self.blocks):
             states.append(x)
-            x, kv, weights = block(x, mask, is_causal=mask is None, past=cache[i] if cache else None, rope=rope,
+            x, kv, weights = block(x, mask, is_causal=mask is None and not cache, past=cache[i] if cache else None, rope=rope,
                                    need_weights=trace)
             new_cache.append(kv)
             attentions.append(weights)

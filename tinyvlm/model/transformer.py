@@ -10,27 +10,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 KV = tuple[torch.Tensor, torch.Tensor]  # (B, heads, T_past, head_size) each
-Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: (B, 1, T, head_size) each
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, signed sin: (B, T, 1, 1, head_size) each
 
 
 def rope_angles(positions: torch.Tensor, head_size: int, base: float) -> Rope:
     """Rotary position embedding (RoPE; Su et al. 2021, "RoFormer"): cos and sin of each position's
-    angle for each pair of channels, (B, T) positions -> two (B, 1, T, head_size) tensors. Why
-    rotary: it has no weights, so the context (`lm_max_len`) can grow to many pictures without a
-    learned table to fill, and attention sees relative offsets, which is what a left-padded batch
+    angle for each pair of channels, (B, T) positions -> two (B, T, 1, 1, head_size) tensors, the
+    sin's first half negated (the rotation's sign, paid once per pass instead of once per layer).
+    Why rotary: it has no weights, so the context (`lm_max_len`) can grow to many pictures without
+    a learned table to fill, and attention sees relative offsets, which is what a left-padded batch
     and a KV cache need."""
     inv = 1.0 / base ** (torch.arange(0, head_size, 2, device=positions.device, dtype=torch.float32) / head_size)
     angles = positions.float()[..., None] * inv  # (B, T, head_size / 2)
-    angles = torch.cat([angles, angles], dim=-1)[:, None]
-    return angles.cos(), angles.sin()
+    sin = angles.sin()
+    return torch.cat([angles, angles], dim=-1).cos()[:, :, None, None], torch.cat([-sin, sin], dim=-1)[:, :, None, None]
 
 
 def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
-    """Rotate (B, heads, T, head_size) queries or keys by their positions' angles."""
+    """Rotate (B, T, ..., head_size) queries and keys by their positions' angles: each pair of
+    channels (i, i + head_size/2) turns as a complex number would. One call for queries and keys
+    together, so a decoding step runs a few small ops per layer, not a few per tensor."""
     cos, sin = rope
     half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    return (x * cos + torch.cat([x[..., half:], x[..., :half]], dim=-1) * sin).to(x.dtype)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
@@ -68,10 +70,12 @@ class Attention(nn.Module):
                 past: KV | None = None, rope: Rope | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-        if rope is not None:  # rotate this step's queries and keys by their own positions
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        qkv = self.qkv(x).view(B, T, 3, self.heads, C // self.heads)
+        if rope is not None:  # rotate this step's queries and keys by their own positions, in one go
+            (q, k), v = apply_rope(qkv[:, :, :2], rope).unbind(2), qkv[:, :, 2]
+        else:
+            q, k, v = qkv.unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_size)
         if past is not None:  # append this step's keys/values to the cache
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         y, weights = attend(q, k, v, mask, is_causal and mask is None, self.dropout if self.training else 0.0,

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import VLMConfig
 from ..errors import TinyVLMError
 from ..tokenizer import IGNORE, IMAGE_ID
 from .connector import Connector
 from .decoder import Decoder
+from .loss import weighted_cross_entropy
 from .reduce import ReduceConfig, group_scores, image_token_count, prune
 from .transformer import KV
 from .vision import VisionEncoder
@@ -61,6 +61,13 @@ def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
     self_ = torch.zeros_like(causal)
     self_[:, Tk - q_len:] = torch.eye(q_len, dtype=torch.bool, device=valid.device)
     return ((causal & valid[:, None, :]) | self_)[:, None]
+
+
+def padding_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor | None:
+    """`attention_mask`, or None where no row is padded (the decoder is then plainly causal, and a
+    one-token step sees its whole cache): a batch of one, or of equal prompts, builds no mask and
+    attention takes the fused kernel without one."""
+    return None if bool(valid.all()) else attention_mask(valid, q_len)
 
 
 class VisionLanguageModel(nn.Module):
@@ -121,8 +128,9 @@ class VisionLanguageModel(nn.Module):
         slots = input_ids == IMAGE_ID
         if features is None:
             features = self.image_features(images) if images is not None and len(images) else []
-        n_slots, n_tokens = int(slots.sum()), sum(f.shape[0] for f in features)
-        if n_slots != n_tokens:
+        n_tokens = sum(f.shape[0] for f in features)
+        if not torch.compiler.is_compiling() and int(slots.sum()) != n_tokens:  # an exported graph checks nothing
+            n_slots = int(slots.sum())
             raise TinyVLMError(f"the sequences have {n_slots} image-token slots but the {len(features)} picture(s) "
                                f"give {n_tokens} image tokens")
         if features:
@@ -150,9 +158,9 @@ class VisionLanguageModel(nn.Module):
         # Each example weighs the same, however long its answer: a one-word answer to "What colour
         # is the ball?" carries as much about the picture as a 30-token description, and a plain
         # token mean would drown it.
-        per_token = F.cross_entropy(logits.float(), labels[keep], reduction="none")
         n = keep.sum(1, keepdim=True).clamp(min=1).expand_as(keep)[keep]
-        return logits, (per_token / n).sum() / keep.any(1).sum().clamp(min=1)
+        weights = 1.0 / (n * keep.any(1).sum().clamp(min=1))
+        return logits, weighted_cross_entropy(logits.float(), labels[keep], weights)
 
     def prefill(self, input_ids: torch.Tensor, valid: torch.Tensor, images: torch.Tensor | None = None,
                 features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, DecodeState]:
@@ -160,9 +168,9 @@ class VisionLanguageModel(nn.Module):
         logits (B, V) and the state `step` continues from. Position ids count real tokens only, so
         a row decodes the same alone or in a batch."""
         self._check_length(input_ids.shape[1])
-        positions = (valid.cumsum(-1) - 1).clamp(min=0)
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # long: ONNX sums no bools
         h, cache = self.decoder(self.embed(input_ids, images, features), positions,
-                                attention_mask(valid, input_ids.shape[1]))
+                                padding_mask(valid, input_ids.shape[1]))
         return self.decoder.head(h[:, -1]), DecodeState(cache, valid)
 
     def step(self, next_ids: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
@@ -171,7 +179,7 @@ class VisionLanguageModel(nn.Module):
         valid = torch.cat([state.valid, torch.ones_like(state.valid[:, :1])], dim=1)
         self._check_length(valid.shape[1])
         positions = state.valid.sum(-1, keepdim=True)  # the new token's place among its row's real tokens
-        h, cache = self.decoder(self.decoder.tok(next_ids)[:, None], positions, attention_mask(valid, 1), state.cache)
+        h, cache = self.decoder(self.decoder.tok(next_ids)[:, None], positions, padding_mask(valid, 1), state.cache)
         return self.decoder.head(h[:, -1]), DecodeState(cache, valid)
 
     @torch.no_grad()

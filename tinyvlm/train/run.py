@@ -72,6 +72,7 @@ class Trainer:
                 raise TinyVLMError(f"{self.out} already holds a training run: pass --resume to continue it, "
                                    "or choose another --out")
             self._fresh()
+        self.vlm.training = cfg.comparable()  # saved beside the weights (training.json), for the model card
         self.collate = Collator(self.vlm.tokenizer, self.vlm.cfg, cfg.image_fit)
         self.broken: dict[str, str] = {}  # picture -> why it cannot be read (each decoded once more at most)
         self.reported: set[str] = set()   # the broken pictures metrics.jsonl already names

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import sys
 import time
@@ -205,7 +206,10 @@ class VLMStage(Stage):
         return max(1, int(self.minutes * 60 / per_step))
 
     def write_weights(self, folder: Path):
-        self.trainer.vlm.write_files(folder)
+        vlm = self.trainer.vlm
+        vlm.figures = {"steps": self.step, **({"best_val_loss": round(self.best_val, 4)}
+                                              if math.isfinite(self.best_val) else {})}  # for the model card
+        vlm.write_files(folder)
 
     def extra_state(self) -> dict:
         return {"best_val": self.best_val}
