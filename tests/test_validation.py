@@ -37,7 +37,9 @@ def _argv(tmp_path, command: str, *options: str) -> list[str]:
             "import": ["data", "import", x, "--out", x],
             "rewrite": ["data", "rewrite", x, "--out", x, "--base-url", "http://127.0.0.1:9", "--model", "m"],
             "demo": ["demo", "--out", x],
-            "serve": ["serve", "--model", x]}[command]
+            "serve": ["serve", "--model", x],
+            "explain": ["explain", x, "--model", x, "--out", x],
+            "train-explainer": ["train-explainer", "--model", x, "--data", x]}[command]
     if command == "train" and not any(o.split("=")[0] in ("--steps", "--minutes") for o in options):
         base += ["--steps", "5"]
     return base + list(options)

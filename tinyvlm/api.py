@@ -75,6 +75,7 @@ class TinyVLM:
         self.tasks: tuple[str, ...] | None = None  # what its training taught (learned_tasks); None: not known
         self.training: dict | None = None  # the TrainConfig that made it (training.json); None: not known
         self.figures: dict[str, float] = {}  # what its training measured, for the model card
+        self.source: Path | None = None  # the folder it was loaded from (an explainer lives beside it)
 
     # --- files -------------------------------------------------------------------------------
     @classmethod
@@ -131,6 +132,7 @@ class TinyVLM:
         vlm.tasks = tuple(meta["tasks"]) if meta.get("tasks") else None
         vlm.figures = dict(meta.get("figures") or {})
         vlm.training = read_json(d / TRAINING) if (d / TRAINING).is_file() else None
+        vlm.source = Path(path)
         return vlm
 
     def save_pretrained(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
@@ -307,6 +309,18 @@ class TinyVLM:
         if self.tasks and task not in self.tasks:
             warnings.warn(f"this model was never trained on {what}; it was trained on {', '.join(self.tasks)}, "
                           "so expect text unlike what was asked", TrainedTaskWarning, stacklevel=3)
+
+    def explain(self, image: ImageLike, text: str | None = None, method: str = "rollout", layer: int | None = None,
+                explainer=None):
+        """Why the model says each content word of `text` (default: its own description of the
+        picture): a tinyvlm.explain.Explanation holding, per word, a map of shape (grid_h, grid_w)
+        over the picture's patches, in the method's units (`.units`): 'devil' (log-probability,
+        nats, of the word from one location's feature of encoder `layer`; needs a trained
+        explainer), 'gradient' (gradient x input, nats), 'rollout' (attention share) or 'concept'
+        (the concept head's probability). `.in_picture(map)` puts a map on the original picture's
+        pixels, letterbox removed."""
+        from .explain import explain
+        return explain(self, image, text, method, layer, explainer)
 
     @torch.no_grad()
     def logprob(self, examples: Sequence[Example], batch_size: int = 32) -> list[float]:

@@ -24,7 +24,8 @@ RUN_CHECKPOINT = "checkpoint"  # a training run keeps its latest model in RUN/ch
 # Every file name tinyvlm writes into a model or checkpoint folder: the model's, then a training
 # run's (train's STATE, OPTIMIZER and CONCEPT_WEIGHTS; a test keeps the two lists in step).
 MODEL_FILES = (CONFIG, WEIGHTS, TOKENIZER, CONCEPT_HEAD, CARD, TRAINING)
-RUN_FILES = ("state.json", "optimizer.safetensors", "encoder_and_head.safetensors")
+RUN_FILES = ("state.json", "optimizer.safetensors", "encoder_and_head.safetensors",
+             "translator.safetensors", "explainer.json")  # the last two: an explainer's folder (tinyvlm/explain)
 FORMAT = "tinyvlm/"  # config.json's "format" starts with it
 
 

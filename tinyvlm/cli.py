@@ -152,10 +152,39 @@ def cmd_eval(a):
                      train_data=a.train_data, baselines=not a.no_baselines, llm_base_url=a.llm_base_url,
                      llm_model=a.llm_model, llm_api_key_env=a.llm_api_key_env, ground=a.ground,
                      keep_tokens=a.keep_tokens, merge=a.merge)
+    if a.suite == "attribution":
+        from .eval.attribution import AttributionConfig, evaluate_attribution, table
+        results = evaluate_attribution(AttributionConfig(model=a.model, data=a.data, out=a.out, n=a.n,
+                                                         explainer=a.explainer, progress=True))
+        print(table(results))
+        if a.out:
+            print(f"\nall figures: {a.out}/attribution.json")
+        return
     results = evaluate(cfg)
     print(markdown_table(*score_rows(results)))
     if a.out:
         print(f"\nreport: {a.out}/report.md, {a.out}/report.html; all figures: {a.out}/results.json")
+
+
+def cmd_explain(a):
+    from .api import TinyVLM
+    from .explain import explain_to_folder
+    methods = a.method if a.method == "all" else a.method.split(",")
+    if a.layer is not None:  # checked before the model is read; the explainer says how many layers it has
+        check_range("layer", a.layer, 0, integer=True, note="an encoder layer, 0 = the patch embeddings")
+    vlm = TinyVLM.from_pretrained(a.model, device=a.device)
+    r = explain_to_folder(vlm, a.image, a.out, text=a.text, methods=methods, layer=a.layer, explainer=a.explainer)
+    print(r["text"])
+    print(f"methods: {', '.join(r['methods'])}\npage: {r['page']}\ncontact sheet: {r['sheet']}\nmaps: {r['maps']}")
+
+
+def cmd_train_explainer(a):
+    from .explain.translator import ExplainerConfig, train_explainer
+    cfg = ExplainerConfig(model=a.model, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                          seed=a.seed, progress=not a.quiet)
+    ex = train_explainer(cfg)
+    from .explain.translator import EXPLAINER_DIR
+    print(f"explainer ({ex.layers} encoder layers, {ex.steps} steps) saved to {a.out or f'{a.model}/{EXPLAINER_DIR}'}")
 
 
 def cmd_serve(a):
@@ -360,8 +389,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ground", type=float, default=0.0, metavar="P",
                    help="grounded decoding for every run: never name a thing the concept head rates below P "
                         "(0 = off; 0.5 is the recipe's)")
+    s.add_argument("--suite", choices=["describe", "attribution"], default="describe",
+                   help="describe: the rubric, VQA and probes; attribution: pointing game of each explain "
+                        "method on the thing words of the model's descriptions (docs/explain.md)")
+    s.add_argument("--explainer", default=None,
+                   help="with --suite attribution: a trained explainer for the devil method (default: MODEL/explainer)")
     _add_reduce(s)
     s.set_defaults(fn=cmd_eval)
+
+    s = command(sub, "explain", "why the model said each word: per-word maps over the picture, an HTML page "
+                                "(docs/explain.md)")
+    s.add_argument("image", help="an image file")
+    s.add_argument("--model", required=True, help="model or run directory")
+    s.add_argument("--text", default=None, help="the text to explain (default: the model's own description)")
+    s.add_argument("--method", default="all",
+                   help="devil, gradient, rollout, concept, a comma list, or all (every method the model has)")
+    s.add_argument("--layer", type=int, default=None,
+                   help="with devil: the encoder layer to decode, 0 = patch embeddings (default: the encoder's output)")
+    s.add_argument("--explainer", default=None, help="a trained explainer folder (default: MODEL/explainer)")
+    s.add_argument("--out", required=True, help="folder for overlays/, contact_sheet.png, index.html, maps.json")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    s.set_defaults(fn=cmd_explain)
+
+    s = command(sub, "train-explainer", "train DeViL's translator on a trained model's frozen encoder, for "
+                                        "--method devil and layer descriptions")
+    s.add_argument("--model", required=True, help="model or run directory")
+    s.add_argument("--data", required=True, help="training records (the model's own training data will do)")
+    s.add_argument("--out", default=None, help="the explainer's folder (default: MODEL/explainer)")
+    s.add_argument("--steps", type=int, default=1200, help="training budget, in optimizer steps")
+    s.add_argument("--batch-size", type=int, default=32, dest="batch_size", help="pictures a step")
+    s.add_argument("--lr", type=float, default=2e-3, help="learning rate")
+    s.add_argument("--seed", type=int, default=0, help="seed of the batches, layers and locations drawn")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_train_explainer)
 
     s = command(sub, "serve", "serve a model over HTTP: an OpenAI-compatible API and a web page (docs/serving.md)")
     s.add_argument("--model", required=True, help="model or run directory")

@@ -48,6 +48,10 @@ class Plugin:
       decoding constraint (tinyvlm.concepts.Grounding explains the arguments and the contract).
     - judges: judge name -> judge(records, texts, references, prefixes, training_texts) -> dict
       with "rubric" (mark -> mean), "raw" (figures) and "items" (one dict a text).
+    - regions(record, word, size) -> bool array (height, width) or None: where the thing a word
+      names is drawn in the record's picture of `size` (width, height) pixels, None when the word
+      names nothing drawn there. What the attribution suite measures maps against (None: the
+      plug-in cannot say, and the suite does not apply).
     """
     name: str
     truth: str
@@ -57,6 +61,7 @@ class Plugin:
     owns: Callable
     grounding: Callable
     judges: dict[str, Callable] = field(default_factory=dict)
+    regions: Callable | None = None
 
 
 @cache

@@ -97,6 +97,14 @@ class Tokenizer:
         """A piece of a turn: stripped, then encoded after one space (see the module docstring)."""
         return self.encode(" " + text.strip()) if text.strip() else []
 
+    def text_offsets(self, text: str) -> list[tuple[int, int]]:
+        """For each id of `encode_text(text)`, the characters of `text.strip()` it covers (start,
+        end), its leading space left out: which tokens spell which word (tinyvlm/explain)."""
+        if not text.strip():
+            return []
+        enc = self.tk.encode(" " + text.strip(), add_special_tokens=False)
+        return [(max(0, a - 1), max(0, b - 1)) for a, b in enc.offsets]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tk.decode([i for i in ids if i >= len(SPECIALS)]).strip()
 

@@ -66,8 +66,11 @@ def attention_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor:
 def padding_mask(valid: torch.Tensor, q_len: int) -> torch.Tensor | None:
     """`attention_mask`, or None where no row is padded (the decoder is then plainly causal, and a
     one-token step sees its whole cache): a batch of one, or of equal prompts, builds no mask and
-    attention takes the fused kernel without one."""
-    return None if bool(valid.all()) else attention_mask(valid, q_len)
+    attention takes the fused kernel without one. A graph being compiled or exported (ONNX) always
+    takes the mask, since it must serve padded batches too."""
+    if torch.compiler.is_compiling() or not bool(valid.all()):
+        return attention_mask(valid, q_len)
+    return None
 
 
 class VisionLanguageModel(nn.Module):
@@ -142,15 +145,17 @@ class VisionLanguageModel(nn.Module):
             raise TinyVLMError(f"sequence of {T} tokens exceeds the model's context, lm_max_len {self.cfg.lm_max_len}")
 
     def forward(self, input_ids: torch.Tensor, images: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                labels: torch.Tensor | None = None,
+                features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced pass over right-padded sequences. With labels (B, T; IGNORE where no loss,
         already aligned so labels[:, t] is the token after position t) returns (logits at the labelled
         positions, loss: the mean over examples of each example's mean token loss); without,
-        (logits for every position, None)."""
+        (logits for every position, None). `features` replaces `images` with image tokens already
+        computed, one (n_i, lm_width) per picture (attribution reads gradients or feeds its own)."""
         B, T = input_ids.shape
         self._check_length(T)
         positions = torch.arange(T, device=input_ids.device).expand(B, T)
-        h, _ = self.decoder(self.embed(input_ids, images), positions)
+        h, _ = self.decoder(self.embed(input_ids, images, features), positions)
         if labels is None:
             return self.decoder.head(h), None
         keep = labels != IGNORE
