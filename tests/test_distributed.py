@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_shapes_dataset
 from tinyvlm.errors import TinyVLMError
 from tinyvlm.train import Stream, TrainConfig, train
+from tinyvlm.train.distributed import Dist, backend_for
 from tinyvlm.data.dataset import open_records
 
 # nano, fp32, no dropout: the runs differ only in how the global batch of 16 is split
@@ -152,3 +154,11 @@ def test_a_bad_launch_is_one_clear_line(tmp_path, shapes, monkeypatch):
         with pytest.raises(TinyVLMError, match="dist_timeout must be a number > 0"):
             TrainConfig(**cfg, dist_timeout=bad)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_backend_follows_the_device():
+    assert backend_for(torch.device("cpu")) == "gloo" and backend_for(torch.device("cuda", 1)) == "nccl"
+    alone = Dist()  # no torchrun: every collective is the identity, and the model is not wrapped
+    model = torch.nn.Linear(2, 2)
+    assert alone.wrap(model) is model and alone.sum_floats([1.5, 2.0]) == [1.5, 2.0]
+    assert alone.broadcast_object({"a": 1}) == {"a": 1} and alone.broadcast_float(0.5) == 0.5 and alone.is_main
