@@ -200,3 +200,13 @@ def test_ask_with_shots_and_a_prompt_too_long_for_the_context(trained, capsys):
         vlm.ask(pics[0], "What is this?", shots=shots)
     assert main(["ask", pics[0], "What is this?", "--model", str(trained / "run"), "--shot", pics[1], "", "dax"]) == 2
     assert "shot 1 must be" in capsys.readouterr().err
+
+
+def test_easy_binding_shows_one_picture_a_kind(pictures):
+    e = icl.binding(random.Random(1), pictures, 6, held_out=False, ease=1.0)
+    pictures_of = {}
+    for s in (*e.support, e.query):
+        pictures_of.setdefault(s.answer, set()).update(s.images)
+    assert len(pictures_of) == 2 and all(len(p) == 1 for p in pictures_of.values())
+    hard = icl.binding(random.Random(1), pictures, 6, held_out=False)
+    assert len({s.images for s in hard.support}) == 6

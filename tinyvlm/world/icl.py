@@ -135,7 +135,9 @@ def _balanced(rng: random.Random, k: int) -> list[int]:
     return out[:k]
 
 
-def binding(rng: random.Random, pics: Pictures, k: int, held_out: bool) -> Episode:
+def binding(rng: random.Random, pics: Pictures, k: int, held_out: bool, ease: float = 0.0) -> Episode:
+    """`ease`: the chance that every shot of a kind shows the same picture, so that finding the shot
+    to copy from is matching a picture, not a kind: a first lesson in copying from the context."""
     kinds = rng.sample(sorted(k_ for k_, v in pics.single.items() if len(v) >= k + 1), 2)
     words = [nonsense_word(rng, held_out)]
     while len(words) < 2:
@@ -144,6 +146,8 @@ def binding(rng: random.Random, pics: Pictures, k: int, held_out: bool) -> Episo
             words.append(w)
     labels, q = _balanced(rng, k), rng.randrange(2)
     drawn = {c: rng.sample(pics.single[kinds[c]], min(len(pics.single[kinds[c]]), k + 1)) for c in (0, 1)}
+    if rng.random() < ease:
+        drawn = {c: drawn[c][:1] * (k + 1) for c in (0, 1)}
     shots = [Shot((drawn[c].pop()[0],), QUESTIONS["binding"], words[c]) for c in labels]
     query = Shot((drawn[q].pop()[0],), QUESTIONS["binding"], words[q])
     learn = tuple(c in labels[:i] for i, c in enumerate(labels + [q]))
@@ -203,18 +207,19 @@ def matching(rng: random.Random, pics: Pictures, k: int) -> Episode:
                    {"relation": relation})
 
 
-def make_episode(family: str, rng: random.Random, pics: Pictures, k: int, held_out: bool) -> Episode:
+def make_episode(family: str, rng: random.Random, pics: Pictures, k: int, held_out: bool, ease: float = 0.0) -> Episode:
     if family == "binding":
-        return binding(rng, pics, k, held_out)
+        return binding(rng, pics, k, held_out, ease)
     return {"operator": operator, "count": count, "matching": matching}[family](rng, pics, k)
 
 
 def write_episodes(out_dir: str, n: int, seed: int = 0, shots: tuple[int, int] = (0, 8),
                    families: tuple[str, ...] = FAMILIES, held_out: bool = False, size: int = 64,
-                   per_kind: int = 40, scenes: int = 400) -> Path:
+                   per_kind: int = 40, scenes: int = 400, ease: float = 0.0) -> Path:
     """n episodes (families in turn, each with lo..hi support shots drawn from its own generator)
     and their pictures into out_dir: *.png, episodes.jsonl, icl.json. `held_out` draws invented
-    names from the held-out word list (for evaluation). Returns the episodes file."""
+    names from the held-out word list (for evaluation); `ease`, the share of binding episodes that
+    show one picture a kind (binding's docstring). Returns the episodes file."""
     check_range("n", n, 1, MAX_COUNT, integer=True, note="episodes")
     check_seed("seed", seed)
     check_range("size", size, 32, 512, integer=True, note="image size, in pixels")
@@ -223,6 +228,7 @@ def write_episodes(out_dir: str, n: int, seed: int = 0, shots: tuple[int, int] =
     check_range("shots", hi, lo, 64, integer=True, note="the most support shots, >= the fewest")
     check_range("per_kind", per_kind, hi + 2, 10_000, integer=True, note="pictures of each kind: shots + 2 at least")
     check_range("scenes", scenes, 1, 1_000_000, integer=True)
+    check_range("ease", ease, 0, 1, note="a share of the binding episodes")
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
         raise TinyVLMError(f"unknown episode families {bad}: choose from {', '.join(FAMILIES)}")
@@ -232,9 +238,9 @@ def write_episodes(out_dir: str, n: int, seed: int = 0, shots: tuple[int, int] =
         for i in range(n):
             rng = random.Random(f"tinyvlm-icl:{seed}:{i}")
             family = families[i % len(families)]
-            records.append(make_episode(family, rng, pics, rng.randint(lo, hi), held_out).to_record())
+            records.append(make_episode(family, rng, pics, rng.randint(lo, hi), held_out, ease).to_record())
         write_jsonl(records, out / EPISODES_FILE)
         info = {"n": n, "seed": seed, "shots": [lo, hi], "families": list(families), "held_out": held_out,
-                "size": size}
+                "size": size, "per_kind": per_kind, "scenes": scenes, "ease": ease}
         (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return Path(out_dir) / EPISODES_FILE
