@@ -153,6 +153,8 @@ def cmd_data_rewrite(a):
 
 
 def cmd_eval(a):
+    from .errors import check_seed
+    check_seed("seed", a.seed)
     if a.suite == "icl":
         return cmd_eval_icl(a)
     from .eval.report import markdown_table, score_rows
