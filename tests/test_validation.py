@@ -34,6 +34,7 @@ def _argv(tmp_path, command: str, *options: str) -> list[str]:
             "ask": ["ask", x, "what is it?", "--model", x],
             "eval": ["eval", "--model", x, "--data", x],
             "world": ["data", "world", "--out", x],
+            "icl": ["data", "icl", "--out", x],
             "import": ["data", "import", x, "--out", x],
             "rewrite": ["data", "rewrite", x, "--out", x, "--base-url", "http://127.0.0.1:9", "--model", "m"],
             "demo": ["demo", "--out", x],

@@ -207,6 +207,7 @@ class TinyVLM:
             if slots != len(pics):
                 raise TinyVLMError(f"row {row}: {len(pics)} picture(s) but {slots} {IMAGE_SLOT} slot(s) in its prompt")
             ids.append(self.tokenizer.encode_conversation(turns, self.model.image_token_counts(len(pics)), pre).ids)
+            self._check_fits(row, ids[-1], len(pics))
         flat = [im for row in images for im in row]
         pix = self.pixels(flat) if flat else None
         sampling = sampling or Sampling()
@@ -214,6 +215,18 @@ class TinyVLM:
             context = [self.tokenizer.decode(row) for row in ids]  # what each row says before it writes
             constraint = self.grounding(pix, [len(row) for row in images], sampling.ground, context)
         return ids, pix, prefixes, sampling, constraint
+
+    def _check_fits(self, row: int, ids: list[int], n_pictures: int) -> None:
+        """A prompt longer than the context is refused with how many of its pictures would fit."""
+        limit = self.cfg.lm_max_len - 1  # room for one new token at least
+        if len(ids) <= limit:
+            return
+        per = self.model.image_token_counts(1)[0] + 2  # a picture's tokens and its two markers
+        text = len(ids) - n_pictures * per
+        fit = max(0, (limit - text) // per)
+        raise TinyVLMError(f"{'' if row == 0 else f'row {row}: '}{n_pictures} picture(s) ({per} tokens each) and "
+                           f"{text} text tokens make {len(ids)} tokens, more than the model's context of "
+                           f"{self.cfg.lm_max_len} (lm_max_len): at most {fit} picture(s) fit with this text")
 
     def stream_chat(self, conversations: Sequence[Sequence[tuple[str, str]]], images: Sequence[Sequence[ImageLike]],
                     prefixes: Sequence[str] | None = None, sampling: Sampling | None = None,
@@ -252,6 +265,12 @@ class TinyVLM:
             if d.token != EOS_ID:
                 ids[d.row].append(d.token)
         return [self.tokenizer.decode(row) for row in ids]
+
+    def answer_turns(self, conversations: Sequence[Sequence[tuple[str, str]]], images: Sequence[Sequence[ImageLike]],
+                     sampling: Sampling | None = None) -> list[str]:
+        """Answer a batch of conversations ((role, text) turns ending on a user turn, one <image>
+        slot per picture of the row): `chat` for many at once, e.g. in-context episodes."""
+        return self._collect(conversations, images, sampling=sampling)
 
     def chat(self, messages: list[dict], sampling: Sampling | None = None, stream: bool = False) -> str | Iterator[str]:
         """Answer an OpenAI-style conversation (messages.py: text and image_url parts, data URLs or
@@ -293,11 +312,22 @@ class TinyVLM:
         out = self.generate([describe_prompt(style)] * len(batch), [[im] for im in batch], [prefix] * len(batch), s)
         return out[0] if single else out
 
-    def ask(self, image: ImageLike, question: str, sampling: Sampling | None = None) -> str:
+    def ask(self, image: ImageLike, question: str, sampling: Sampling | None = None,
+            shots: Sequence[tuple[ImageLike, str, str]] = ()) -> str:
+        """Answer a question about a picture; `shots`: (picture, question, answer) examples shown
+        first, one exchange each, for the model to learn the task from in context (docs/icl.md)."""
         if not question.strip():
             raise TinyVLMError("the question is empty")
-        self._check_trained("qa", "questions ('qa')")
-        return self.generate([ask_prompt(question)], [[image]], sampling=sampling or Sampling(max_new_tokens=16))[0]
+        turns, pictures = [], []
+        for k, shot in enumerate(shots):
+            if len(shot) != 3 or not all(isinstance(x, str) and x.strip() for x in shot[1:]):
+                raise TinyVLMError(f"shot {k + 1} must be (picture, question, answer), the last two non-empty text")
+            turns += [("user", ask_prompt(shot[1])), ("assistant", shot[2].strip())]
+            pictures.append(shot[0])
+        if not shots:
+            self._check_trained("qa", "questions ('qa')")
+        turns.append(("user", ask_prompt(question)))
+        return self._collect([turns], [pictures + [image]], sampling=sampling or Sampling(max_new_tokens=16))[0]
 
     def _need_torch(self, what: str) -> None:
         if not isinstance(self.model, VisionLanguageModel):

@@ -109,7 +109,7 @@ def cmd_ask(a):
     from .api import TinyVLM
     sampling = _sampling(a, 16)
     vlm = TinyVLM.from_pretrained(a.model, device=a.device, keep_tokens=a.keep_tokens, merge=a.merge, backend=a.backend)
-    print(vlm.ask(a.image, a.question, sampling=sampling))
+    print(vlm.ask(a.image, a.question, sampling=sampling, shots=[tuple(s) for s in a.shot or ()]))
 
 
 def cmd_export(a):
@@ -124,6 +124,23 @@ def cmd_data_world(a):
     from .world import write_world
     out = write_world(a.out, n=a.n, size=a.size, seed=a.seed, progress=not a.quiet, max_things=a.max_things)
     print(f"wrote {a.n} scenes to {out}")
+
+
+def cmd_data_icl(a):
+    from .world.icl import FAMILIES, write_episodes
+    families = tuple(a.families.split(",")) if a.families else FAMILIES
+    out = write_episodes(a.out, n=a.n, seed=a.seed, shots=_shot_range(a.shots), families=families,
+                         held_out=a.held_out, size=a.size, per_kind=a.per_kind, scenes=a.scenes, ease=a.ease)
+    print(f"wrote {a.n} episodes to {out}")
+
+
+def _shot_range(text: str) -> tuple[int, int]:
+    """'0..8' -> (0, 8); '4' -> (4, 4)."""
+    lo, sep, hi = text.partition("..")
+    try:
+        return (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise TinyVLMError(f"--shots takes N or LO..HI (whole numbers), e.g. 0..8; got {text!r}") from None
 
 
 def cmd_data_import(a):
@@ -146,6 +163,10 @@ def cmd_data_rewrite(a):
 
 
 def cmd_eval(a):
+    from .errors import check_seed
+    check_seed("seed", a.seed)
+    if a.suite == "icl":
+        return cmd_eval_icl(a)
     from .eval.report import markdown_table, score_rows
     from .eval.run import EvalConfig, evaluate
     cfg = EvalConfig(model=a.model, data=a.data, out=a.out, judge=a.judge, n=a.n, styles=tuple(a.styles.split(",")),
@@ -185,6 +206,19 @@ def cmd_train_explainer(a):
     ex = train_explainer(cfg)
     from .explain.translator import EXPLAINER_DIR
     print(f"explainer ({ex.layers} encoder layers, {ex.steps} steps) saved to {a.out or f'{a.model}/{EXPLAINER_DIR}'}")
+
+
+def cmd_eval_icl(a):
+    from .eval.icl import ICLEvalConfig, evaluate_icl, markdown
+    try:
+        shots = tuple(int(k) for k in a.shots.split(","))
+    except ValueError:
+        raise TinyVLMError(f"--shots takes a comma list of whole numbers, e.g. 0,1,2,4,8; got {a.shots!r}") from None
+    results = evaluate_icl(ICLEvalConfig(model=a.model, data=a.data, out=a.out, shots=shots, n=a.n,
+                                         baselines=not a.no_baselines, seed=a.seed))
+    print(markdown(results))
+    if a.out:
+        print(f"\nreport: {a.out}/report.md, plot: {a.out}/icl.png; all figures: {a.out}/results.json")
 
 
 def cmd_serve(a):
@@ -289,7 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--freeze-encoder", action="store_true", default=None, dest="freeze_encoder",
                    help="with --concept-pretrain: keep the encoder as that stage left it while the VLM "
                         "learns to read it")
-    s.add_argument("--tasks", help="comma list of short,long,qa: what picture-book records teach (default: all three)")
+    s.add_argument("--tasks", help="comma list of short,long,qa,icl: what picture-book records teach, and icl: "
+                   "in-context episodes from --icl-data (default: short,long,qa)")
+    s.add_argument("--icl-data", dest="icl_data", metavar="DIR",
+                   help="in-context episodes (made by `tinyvlm data icl`), for the task icl (no default)")
+    s.add_argument("--icl-share", dest="icl_share", type=float, metavar="SHARE",
+                   help="with the task icl: the share of steps that train on episodes (default: 0.5)")
+    s.add_argument("--init", metavar="MODEL",
+                   help="start from this trained model's weights and tokenizer, e.g. to teach it episodes "
+                        "(default: none, a new model)")
     s.add_argument("--augment", action="store_true", default=None,
                    help="jitter each training picture a little (scale, shift, brightness; never flipped)")
     s.add_argument("--image-fit", dest="image_fit", choices=["pad", "crop"],
@@ -313,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("image", help="an image file")
             s.add_argument("question", help="the question, in quotes")
+            s.add_argument("--shot", nargs=3, action="append", metavar=("IMAGE", "QUESTION", "ANSWER"),
+                           help="an example shown first, for in-context learning; repeat for more (default: none)")
             max_new = "16"
         s.add_argument("--model", required=True, help="model or run directory")
         s.add_argument("--device", default="cpu", help="cpu, cuda or mps")
@@ -341,6 +385,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_data_world)
+
+    s = command(data, "icl", "generate in-context learning episodes from the picture-book world (docs/icl.md)")
+    s.add_argument("--n", type=int, default=1000, help="number of episodes (the families take turns)")
+    s.add_argument("--shots", default="0..8", help="support shots per episode: N, or LO..HI drawn per episode")
+    s.add_argument("--families", default=None,
+                   help="comma list of binding,operator,count,matching (default: all four)")
+    s.add_argument("--held-out", action="store_true", dest="held_out",
+                   help="invented names from the held-out word list, which training episodes never use "
+                        "(for evaluation)")
+    s.add_argument("--size", type=int, default=64, help="image size, in pixels (32..512)")
+    s.add_argument("--per-kind", type=int, default=40, dest="per_kind",
+                   help="pictures of each kind of thing the binding and matching episodes draw from")
+    s.add_argument("--scenes", type=int, default=400, help="whole scenes the count episodes draw from")
+    s.add_argument("--ease", type=float, default=0.0, metavar="SHARE",
+                   help="share of binding episodes that show one picture a kind (copying before kinds: a first lesson)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the pictures and episodes (episode i comes from (seed, i))")
+    s.add_argument("--out", required=True, help="output folder (pictures, episodes.jsonl, icl.json)")
+    s.set_defaults(fn=cmd_data_icl)
 
     s = command(data, "import", "validate, dedupe, split and shard a dataset you have")
     s.add_argument("src", help="a COCO captions JSON, a CSV, a JSONL, a folder of pictures and .txt captions, "
@@ -389,11 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ground", type=float, default=0.0, metavar="P",
                    help="grounded decoding for every run: never name a thing the concept head rates below P "
                         "(0 = off; 0.5 is the recipe's)")
-    s.add_argument("--suite", choices=["describe", "attribution"], default="describe",
-                   help="describe: the rubric, VQA and probes; attribution: pointing game of each explain "
-                        "method on the thing words of the model's descriptions (docs/explain.md)")
+    s.add_argument("--suite", choices=["describe", "attribution", "icl"], default="describe",
+                   help="describe: the pictures' descriptions, questions and probes; attribution: pointing game of "
+                        "each explain method on the thing words of the model's descriptions (docs/explain.md); icl: "
+                        "in-context learning on episodes (`tinyvlm data icl`) or a VL-ICL task folder, by VL-ICL's "
+                        "protocol (docs/icl.md)")
     s.add_argument("--explainer", default=None,
                    help="with --suite attribution: a trained explainer for the devil method (default: MODEL/explainer)")
+    s.add_argument("--shots", default="0,1,2,4,8", help="with --suite icl: the shot counts to compare")
+    s.add_argument("--seed", type=int, default=0, help="with --suite icl: seed of the shuffled baseline and of VL-ICL's shot draws")
     _add_reduce(s)
     s.set_defaults(fn=cmd_eval)
 

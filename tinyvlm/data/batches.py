@@ -15,6 +15,7 @@ from PIL import Image
 from ..config import VLMConfig
 from ..errors import TinyVLMError
 from ..tokenizer import IGNORE, IMAGE_SLOT, PAD_ID, Tokenizer
+from .episodes import is_episode, learn_flags
 from .images import augment, fit_square, load_image, to_tensor
 from .records import Record, Turn, image_slots
 
@@ -22,6 +23,7 @@ from .records import Record, Turn, image_slots
 PROMPTS = {"short": "Describe the picture.", "long": "Tell a little story about the picture."}
 MAX_TOKENS = {"short": 48, "long": 128}  # room to finish a 20-25 or a 60-70 word description
 TASKS = ("short", "long", "qa")
+ICL_TASK = "icl"  # in-context episodes (data/episodes.py), mixed in from their own records
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Example:
     prompt: str
     target: str
     history: tuple[Turn, ...] = ()
+    learn: tuple[bool, ...] | None = None  # which assistant turns carry a loss (None: all)
 
     def turns(self) -> list[Turn]:
         return [*self.history, ("user", self.prompt), ("assistant", self.target)]
@@ -54,12 +57,12 @@ def task_options(record: Record, tasks: tuple[str, ...] = TASKS) -> list[str]:
 def learned_tasks(records: Iterable[Record], tasks: tuple[str, ...] = TASKS) -> tuple[str, ...]:
     """What training on `records` teaches, in TASKS' order: the picture-book tasks they have texts
     for, 'short' for a caption (a caption is taught under the ShortDesc prompt) and 'chat' for a
-    conversation. Kept in a model's config, so that it can say when asked for something else."""
+    conversation ('icl' for an in-context episode). Kept in a model's config, so that it can say when asked for something else."""
     seen: set[str] = set()
     for r in records:
         options = task_options(r, tasks)
-        seen.update(options or ["chat" if r.turns else "qa" if r.prompt else "short"])
-    return tuple(t for t in TASKS + ("chat",) if t in seen)
+        seen.update(options or [ICL_TASK if is_episode(r) else "chat" if r.turns else "qa" if r.prompt else "short"])
+    return tuple(t for t in TASKS + ("chat", ICL_TASK) if t in seen)
 
 
 def record_to_example(record: Record, rng: random.Random, tasks: tuple[str, ...] = TASKS,
@@ -83,10 +86,22 @@ def record_to_example(record: Record, rng: random.Random, tasks: tuple[str, ...]
             history[0] = ("user", image_slots(history[0][1], len(record.images), have))
         else:
             prompt = image_slots(prompt, len(record.images), have)
-        return Example(record.images, prompt, target, tuple(history))
+        return Example(record.images, prompt, target, tuple(history), learn_flags(record))
     text = rng.choice(record.references) if record.references and not record.prompt else record.text
     prompt = record.prompt or " " + PROMPTS["short"]
     return Example(record.images, image_slots(prompt, len(record.images)), text)
+
+
+def only_turns(learn: list[bool], keep: tuple[bool, ...]) -> list[bool]:
+    """`learn` (a token's flag: assistant text) kept only in the assistant turns `keep` marks: the
+    j-th run of True is the j-th assistant turn."""
+    out, turn, inside = [], -1, False
+    for flag in learn:
+        if flag and not inside:
+            turn += 1
+        inside = flag
+        out.append(flag and turn < len(keep) and keep[turn])
+    return out
 
 
 class ImageCache:
@@ -124,6 +139,8 @@ class Collator:
         for ex in examples:
             enc = self.tok.encode_conversation(ex.turns(), [self.image_tokens] * len(ex.images))
             ids, learn = enc.ids, enc.learn
+            if ex.learn is not None:
+                learn = only_turns(learn, ex.learn)
             if len(ids) - 1 > self.cfg.lm_max_len:
                 first = learn.index(True)
                 if not self.truncate or first >= self.cfg.lm_max_len:

@@ -2,6 +2,7 @@
 which of them may change when a run is resumed."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import get_args
@@ -9,7 +10,7 @@ from typing import get_args
 import torch
 
 from ..config import LIMITS, VLMConfig, get_preset
-from ..data.batches import TASKS
+from ..data.batches import ICL_TASK, TASKS
 from ..data.images import Fit
 from ..errors import MAX_COUNT, TinyVLMError, check_range, check_seed
 from ..tokenizer import SPECIALS
@@ -38,7 +39,10 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    tasks: tuple[str, ...] = TASKS  # for picture-book records: which texts to teach
+    tasks: tuple[str, ...] = TASKS  # for picture-book records: which texts to teach ("icl": mix in icl_data)
+    icl_data: str | None = None     # in-context episodes (`tinyvlm data icl`), taught on the "icl" steps
+    icl_share: float = 0.5          # with "icl" in tasks: the share of steps that train on episodes
+    init: str | None = None         # start from this trained model's weights and tokenizer (fine-tuning)
     concept_pretrain: float = 0.0   # share of the budget first spent teaching the encoder concepts
     freeze_encoder: bool = False    # then keep that encoder fixed while the VLM learns to read it
     augment: bool = False
@@ -92,12 +96,21 @@ class TrainConfig:
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise TinyVLMError(f"unknown dtype '{self.dtype}': use auto, fp32 or bf16")
         self.tasks = tuple(self.tasks)
-        bad = set(self.tasks) - set(TASKS)
+        bad = set(self.tasks) - set(TASKS) - {ICL_TASK}
         if bad or not self.tasks:
-            raise TinyVLMError(f"unknown task(s) {sorted(bad)}: choose from {', '.join(TASKS)}")
-        if self.freeze_encoder and not self.concept_pretrain:
+            raise TinyVLMError(f"unknown task(s) {sorted(bad)}: choose from {', '.join(TASKS + (ICL_TASK,))}")
+        check_range("icl_share", self.icl_share, 0, 1, lo_open=True, note="a share of the steps")
+        if (ICL_TASK in self.tasks) != (self.icl_data is not None):
+            raise TinyVLMError("the task 'icl' trains on in-context episodes: give both --tasks ...,icl and "
+                               "--icl-data DIR (made by `tinyvlm data icl`)")
+        if ICL_TASK in self.tasks and self.tasks == (ICL_TASK,) and self.icl_share != 1:
+            self.icl_share = 1.0  # nothing else to teach
+        if self.freeze_encoder and not (self.concept_pretrain or self.init):
             raise TinyVLMError("freeze_encoder keeps the encoder as the concept stage left it, so it needs "
-                               "concept_pretrain > 0 (a from-scratch encoder would stay random)")
+                               "concept_pretrain > 0 or --init (a from-scratch encoder would stay random)")
+        if self.init is not None and self.concept_pretrain:
+            raise TinyVLMError("--init starts from a trained model, whose encoder has learned already: "
+                               "drop --concept-pretrain")
         if self.steps is not None and self.concept_pretrain:
             n = round(self.concept_pretrain * self.steps)
             if not 1 <= n < self.steps:
@@ -111,6 +124,16 @@ class TrainConfig:
                           vit_stem=self.stem, mp_pixel_shuffle=self.pixel_shuffle,
                           mp_summary_tokens=self.summary_tokens, lm_max_len=self.max_len,
                           dropout=self.dropout, **more)
+
+    def text_tasks(self) -> tuple[str, ...]:
+        """The picture-book tasks the non-episode steps take in turn."""
+        return tuple(t for t in self.tasks if t != ICL_TASK)
+
+    def icl_step(self, step: int) -> bool:
+        """Is this step one of the icl_share of steps that train on episodes? Spread evenly."""
+        if ICL_TASK not in self.tasks:
+            return False
+        return math.floor((step + 1) * self.icl_share) > math.floor(step * self.icl_share)
 
     def stage_budgets(self) -> dict[str, tuple[int | None, float | None]]:
         """(steps, minutes) of each stage: concept_pretrain's share goes to the concept stage."""

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +21,7 @@ from PIL import Image
 
 from ..api import TinyVLM, pick_device
 from ..checkpoint import RUN_CHECKPOINT, read_json
-from ..data.batches import Collator, learned_tasks
+from ..data.batches import ICL_TASK, TASKS, Collator, learned_tasks
 from ..data.dataset import RecordSource, held_out, open_records
 from ..data.records import Record
 from ..errors import TinyVLMError
@@ -56,6 +58,7 @@ class Trainer:
         self.device = this_device(pick_device(cfg.device), self.dist)
         self.use_bf16, self.precision = precision(cfg, self.device)
         self.train_src = open_records(cfg.data, "train")
+        self.icl_src = open_records(cfg.icl_data, "train") if cfg.icl_data else None
         self.val_src, self.skip = self._validation_source()
         vlm_state, concept_state = self.out / RUN_CHECKPOINT / STATE, self.out / CONCEPT_STAGE / STATE
         if resume:
@@ -104,19 +107,38 @@ class Trainer:
     def _fresh(self, keep_metrics: bool = False):
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        tok, tasks = None, None
-        if self.dist.is_main:  # built once, by rank 0, then shared
-            tok, tasks = Tokenizer.train(training_texts(self.train_src), cfg.vocab_size), learned_tasks(self.train_src, cfg.tasks)
-        if self.dist.enabled:
-            text, tasks = self.dist.broadcast_object((tok.to_str(), tasks) if tok else None)
-            tok = Tokenizer.from_str(text)
-        mcfg = cfg.model_config(lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
-        self.vlm = TinyVLM(VisionLanguageModel(mcfg).to(self.device), tok, cfg.image_fit)
-        self.vlm.tasks = tasks
+        if cfg.init:
+            self.vlm = self._init_from(cfg.init)
+        else:
+            tok = None
+            if self.dist.is_main:  # built once, by rank 0, then shared
+                texts = itertools.chain(training_texts(self.train_src), training_texts(self.icl_src) if self.icl_src else ())
+                tok = Tokenizer.train(texts, cfg.vocab_size)
+            if self.dist.enabled:
+                tok = Tokenizer.from_str(self.dist.broadcast_object(tok.to_str() if tok else None))
+            mcfg = cfg.model_config(lm_vocab_size=64 * math.ceil(tok.vocab_size / 64))
+            self.vlm = TinyVLM(VisionLanguageModel(mcfg).to(self.device), tok, cfg.image_fit)
+        taught = learned_tasks(self.train_src, cfg.text_tasks() or TASKS) if self.dist.is_main else None
+        taught = self.dist.broadcast_object(taught)
+        self.vlm.tasks = taught + (ICL_TASK,) if self.icl_src is not None else taught
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             if not keep_metrics:
                 (self.out / METRICS).write_text("")
+
+    def _init_from(self, path: str) -> TinyVLM:
+        """A trained model to fine-tune: its weights, tokenizer and concept head; the run may give it
+        a longer context (rotary positions have no weights) and a new dropout."""
+        vlm = TinyVLM.from_pretrained(path, device=str(self.device))
+        changes = {k: v for k, v in (("lm_max_len", self.cfg.max_len), ("dropout", self.cfg.dropout)) if v is not None}
+        if changes:
+            state = vlm.model.state_dict()
+            vlm.model = VisionLanguageModel(replace(vlm.cfg, **changes)).to(self.device)
+            vlm.model.load_state_dict(state)
+            vlm.cfg = vlm.model.cfg
+        if not self.cfg.freeze_encoder:  # the encoder will change under its concept head: the head would mislead
+            vlm.concepts, vlm.concept_head, vlm.concept_plugin = None, None, None
+        return vlm
 
     def unreadable(self, record: Record) -> tuple[str, str] | None:
         """(picture, why) for the first of the record's pictures that cannot be read, else None.

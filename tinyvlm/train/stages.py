@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from ..checkpoint import RUN_CHECKPOINT, cpu_state, read_json
 from ..concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
-from ..data.batches import Example, record_to_example
+from ..data.batches import TASKS, Example, record_to_example
 from ..data.images import to_tensor
 from ..data.records import Record
-from .loop import STATE, Records, Stage, optimizer
+from .loop import STATE, Records, Stage, Stream, optimizer
 
 if TYPE_CHECKING:
     from .run import Trainer
@@ -129,12 +129,16 @@ class VLMStage(Stage):
         self.module = self.net = trainer.vlm.model
         self.opt = optimizer(self.module, self.cfg)
         self.best_val = float("inf")
+        self.icl_epoch, self.icl_pos = 0, 0
         state_file = self.dir / STATE
         if state_file.is_file():  # the model's weights were loaded with it (Trainer)
             state = read_json(state_file)
             self.restore(state)
             self.best_val = state["best_val"]
+            self.icl_epoch, self.icl_pos = state.get("icl_epoch", 0), state.get("icl_pos", 0)
+        self.icl = None  # the episodes' own stream, opened when the loop starts
         self.val_batches = self._val_examples()
+        self.val_icl = self._val_episodes()
 
     def _val_examples(self) -> list[list[Example]]:
         rng = random.Random(self.cfg.seed)
@@ -142,7 +146,21 @@ class VLMStage(Stage):
         recs = list(itertools.islice(filter(self.readable, self.trainer.validation_records()), n))
         if not recs:
             return []
-        ex = [record_to_example(r, rng, self.cfg.tasks) for r in recs]
+        ex = [record_to_example(r, rng, self.cfg.text_tasks() or TASKS) for r in recs]
+        bs = self.cfg.batch_size
+        return [ex[i:i + bs] for i in range(0, len(ex), bs)]
+
+    def _val_episodes(self) -> list[list[Example]]:
+        """Fixed batches of episodes for a held-out episode loss. Episodes have no pictures of
+        their own to hold out, so these are the last records of the episode data, which training
+        reaches only after an epoch of the others."""
+        src = self.trainer.icl_src
+        if src is None:
+            return []
+        n = min(self.cfg.eval_batches * self.cfg.batch_size, max(1, len(src) // 20))
+        recs = list(src)[-n:]
+        rng = random.Random(self.cfg.seed)
+        ex = [record_to_example(r, rng) for r in recs]
         bs = self.cfg.batch_size
         return [ex[i:i + bs] for i in range(0, len(ex), bs)]
 
@@ -158,9 +176,21 @@ class VLMStage(Stage):
         task a step: a long story beside short answers pads every sequence to the story's length,
         and mixed picture-book batches were half padding (one task a step trains 1.7x more samples
         a minute: docs/training.md)."""
-        task = self.cfg.tasks[step % len(self.cfg.tasks)]
-        return [record_to_example(r, rng, self.cfg.tasks, prefer=task)
+        if self.cfg.icl_step(step):  # an episode step: the episodes' own stream (M2IXT-style mixing)
+            if self.icl is None:
+                self.icl = iter(self._icl_stream())
+            return [record_to_example(r, rng) for r, rng in itertools.islice(self.icl, self.cfg.batch_size)]
+        tasks = self.cfg.text_tasks()
+        text_steps = step - math.floor(step * self.cfg.icl_share) if self.trainer.icl_src else step  # steps before this one that were not episodes
+        task = tasks[text_steps % len(tasks)]
+        return [record_to_example(r, rng, tasks, prefer=task)
                 for r, rng in itertools.islice(records, self.cfg.batch_size)]
+
+    def _icl_stream(self) -> Stream:
+        dist = self.trainer.dist
+        self.icl_stream = Stream(self.trainer.icl_src, self.cfg, self.icl_epoch, self.icl_pos,
+                                 rank=dist.rank, world=dist.world)
+        return self.icl_stream
 
     def loss(self, batch: dict, net: torch.nn.Module | None = None) -> torch.Tensor:
         device = self.trainer.device
@@ -179,22 +209,30 @@ class VLMStage(Stage):
 
     @torch.no_grad()
     def validate(self) -> dict | None:
-        if not self.val_batches:
+        if not self.val_batches and not self.val_icl:
             return None
         self.module.eval()
-        losses = [self.loss(self.trainer.collate(b)).item() for b in self.val_batches]
+        figures = {}
+        for key, batches in (("val_loss", self.val_batches), ("val_icl_loss", self.val_icl)):
+            if batches:
+                losses = [self.loss(self.trainer.collate(b)).item() for b in batches]
+                figures[key] = sum(losses) / len(losses)
         self.train_mode()
-        return {"val_loss": sum(losses) / len(losses)}
+        return figures
 
     def validated(self, figures: dict, last: bool, bar: tqdm):
-        self.best_val = min(self.best_val, figures["val_loss"])
-        bar.write(f"step {self.step}: val loss {figures['val_loss']:.4f}")
+        if "val_loss" in figures:
+            self.best_val = min(self.best_val, figures["val_loss"])
+        shown = {"val_loss": "val loss", "val_icl_loss": "episodes"}
+        bar.write(f"step {self.step}: " + ", ".join(f"{shown[k]} {v:.4f}" for k, v in figures.items()))
 
     def estimate_steps(self, records: Records) -> int:
         """Estimate how many steps a minutes budget buys (for warmup and the progress bar): time
         forward+backward passes, one batch per task, without updating the model."""
         collate = self.trainer.collate
-        batches = [collate(self.batch_examples(records, step)) for step in range(len(self.cfg.tasks))]
+        steps = range(len(self.cfg.tasks) if self.trainer.icl_src is None else max(4, len(self.cfg.tasks) + 1))
+        batches = [collate(self.batch_examples(records, step)) for step in steps]
+        self.icl = None  # the run starts the episodes from where its state says, not past these
         self.train_mode()
         times = []
         for batch in [batches[0], *batches]:  # the first pass only warms up
@@ -212,4 +250,6 @@ class VLMStage(Stage):
         vlm.write_files(folder)
 
     def extra_state(self) -> dict:
-        return {"best_val": self.best_val}
+        icl = getattr(self, "icl_stream", None)
+        where = {"icl_epoch": icl.epoch, "icl_pos": icl.pos} if icl is not None else {}
+        return {"best_val": self.best_val, **where}

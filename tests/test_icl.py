@@ -1,0 +1,212 @@
+"""In-context learning: the world's episodes follow their rules, held-out invented names never reach
+training, the loss falls only on the answers earlier shots determine, the VL-ICL reader reads a
+fixture in VL-ICL's own layout, the shuffled baseline really shuffles, VL-ICL's scoring, the
+context error, and the command-line paths (data icl, train --tasks ...,icl, eval --suite icl,
+ask --shot)."""
+import json
+import random
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from tinyvlm.api import TinyVLM
+from tinyvlm.cli import main
+from tinyvlm.data.batches import Collator, only_turns, record_to_example
+from tinyvlm.data.dataset import open_records
+from tinyvlm.data.episodes import Episode, Shot
+from tinyvlm.data.vlicl import read_vlicl
+from tinyvlm.errors import TinyVLMError
+from tinyvlm.eval.icl import correct, cut
+from tinyvlm.tokenizer import IGNORE
+from tinyvlm.world import icl
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    return icl.Pictures(tmp_path_factory.mktemp("pics"), 32, seed=0, per_kind=10, scenes=24)
+
+
+def _attrs(pics):
+    return {path: attrs for pool in pics.single.values() for path, attrs in pool}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_family_answers_by_its_rule(pictures, seed):
+    attrs, scenes = _attrs(pictures), dict(pictures.scenes)
+    rng = random.Random(seed)
+    for family in icl.FAMILIES:
+        e = icl.make_episode(family, rng, pictures, 6, held_out=False)
+        shots = (*e.support, e.query)
+        assert len(e.support) == 6 and len(e.learn) == 7
+        if family == "binding":
+            word_of = {}
+            for s in shots:  # one word a kind, two kinds, two words
+                kind = attrs[s.images[0]]["kind"]
+                assert word_of.setdefault(kind, s.answer) == s.answer
+            assert len(word_of) == 2 and len(set(word_of.values())) == 2
+            assert sorted(s.answer for s in e.support[:2]) == sorted(word_of.values())  # any 2 shots show both
+            seen = set()
+            for s, learn in zip(shots, e.learn):  # a loss only where an earlier shot named the kind
+                assert learn == (s.answer in seen)
+                seen.add(s.answer)
+        elif family == "operator":
+            op = icl.OPERATORS[e.meta["operator"]]
+            for s in shots:
+                a, b = map(int, re.search(r"sum-(\d)(\d)-", s.images[0]).groups())
+                assert s.answer == str(op(a, b)) and a >= b
+        elif family == "count":
+            for s in shots:
+                attribute, value = s.question.split(": ")
+                assert attribute == e.meta["attribute"]
+                things = scenes[s.images[0]].things
+                assert s.answer == str(sum(t.count for t in things if getattr(t, attribute) == value))
+        else:
+            relation = e.meta["relation"]
+            for s in shots:
+                a, b = (attrs[p] for p in s.images)
+                assert s.answer == ("yes" if a[relation] == b[relation] else "no")
+
+
+def test_held_out_invented_names_never_appear_in_training_episodes(tmp_path):
+    train = icl.write_episodes(tmp_path / "train", 24, seed=0, shots=(2, 4), families=("binding",), size=32,
+                               per_kind=6, scenes=2)
+    test = icl.write_episodes(tmp_path / "test", 24, seed=1, shots=(4, 4), families=("binding",), size=32,
+                              per_kind=6, scenes=2, held_out=True)
+
+    def words(path):
+        return {text for r in open_records(path) for role, text in r.turns if role == "assistant"}
+
+    seen, held = words(train), words(test)
+    assert len(seen) > 30 and len(held) > 30
+    assert not seen & held
+    assert not any(icl.held_out_word(w) for w in seen) and all(icl.held_out_word(w) for w in held)
+
+
+def test_episodes_round_trip_and_the_loss_falls_on_determined_answers_only(pictures):
+    from tinyvlm.data.records import Record
+    e = icl.binding(random.Random(3), pictures, 4, held_out=False)
+    record = Record.from_json(e.to_record().to_json(), root=pictures.out)  # paths: relative to the episodes' folder
+    back = Episode.from_record(record)
+    assert [(s.question, s.answer) for s in back.support] == [(s.question, s.answer) for s in e.support]
+    assert back.query.images == (str(pictures.out / e.query.images[0]),) and back.learn == e.learn
+    assert only_turns([False, True, True, False, True, False, True], (False, True, True)) == \
+        [False, False, False, False, True, False, True]
+    from tinyvlm.config import get_preset
+    from tinyvlm.tokenizer import Tokenizer
+    tok = Tokenizer.train([s.answer for s in (*e.support, e.query)] + ["What is this?"] * 3, 300)
+    cfg = get_preset("nano", lm_vocab_size=512)
+    ex = record_to_example(record, random.Random(0))
+    batch = Collator(tok, cfg)([ex])
+    learned = tok.decode([t for t in batch["labels"][0].tolist() if t != IGNORE])
+    want = [s.answer for s, keep in zip((*e.support, e.query), e.learn) if keep]
+    assert learned.split() == want
+
+
+def test_the_shuffled_baseline_permutes_the_support_answers():
+    shots = tuple(Shot((f"{i}.png",), "What is this?", w) for i, w in enumerate(["dax", "wug", "dax", "wug", "dax", "wug"]))
+    e = Episode("binding", shots, Shot(("q.png",), "What is this?", "dax"))
+    s = e.shuffled(random.Random(0))
+    assert sorted(x.answer for x in s.support) == sorted(x.answer for x in e.support)
+    assert all(a.answer != b.answer for a, b in zip(s.support, e.support))  # every answer moved to the other word
+    assert [x.images for x in s.support] == [x.images for x in e.support] and s.query == e.query
+
+
+def _vlicl_fixture(root):
+    task = root / "operator_induction"
+    (task / "images").mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (32, 32), "white").save(task / "images" / name)
+    support = [{"id": i, "image": [f"operator_induction/images/{n}"], "question": "What is the result?",
+                "answer": [i + 2, i, i * 2]} for i, n in enumerate(["a.png", "b.png"])]
+    query = [{"id": 9, "image": ["operator_induction/images/c.png"], "question": "What is the result?",
+              "answer": 6, "operator": "x"}]
+    (task / "support.json").write_text(json.dumps(support))
+    (task / "query.json").write_text(json.dumps(query))
+    mi = root / "open_mi"
+    mi.mkdir()
+    (mi / "support.json").write_text("[]")
+    (mi / "query.json").write_text(json.dumps([{"image": ["open_mi/q.png"], "question": "What is this?",
+                                                "answer": "dax", "classes": ["dax", "blicket"],
+                                                "support": {"dax": {"images": ["open_mi/d0.png", "open_mi/d1.png"]},
+                                                            "blicket": {"images": ["open_mi/b0.png", "open_mi/b1.png"]}}}]))
+    return task, mi
+
+
+def test_the_vlicl_reader_loads_its_layout(tmp_path):
+    task, mi = _vlicl_fixture(tmp_path)
+    t = read_vlicl(task)
+    (e,) = t.episodes(2)
+    assert t.numeric and e.family == "operator_induction"
+    assert sorted(s.answer for s in e.support) == ["0", "2"]  # the 'x' of each [+, -, x]
+    assert e.query.answer == "6" and e.query.images == (str(tmp_path.resolve() / "operator_induction/images/c.png"),)
+    assert all(p.startswith(str(tmp_path.resolve())) for s in e.support for p in s.images)
+    (b,) = read_vlicl(mi).episodes(2)  # 2 shots of each of two classes, as VL-ICL's open_mi
+    assert len(b.support) == 4 and sorted({s.answer for s in b.support}) == ["blicket", "dax"]
+    assert all(s.question == "This is a" for s in b.support)
+    with pytest.raises(TinyVLMError, match="support.json holds 2"):
+        t.episodes(3)
+    (task / "query.json").write_text("{not json")
+    with pytest.raises(TinyVLMError, match="cannot read it as JSON"):
+        read_vlicl(task)
+
+
+def test_vlicl_scoring_cuts_at_newline_or_period_and_reads_numbers():
+    assert cut("dax. It is a dax") == "dax" and cut("wug\nmore") == "wug"
+    assert correct("It is 12.", "12") and correct("12 and 13", "12") and not correct("13", "12")
+    assert correct("Dax.", "dax") and not correct("dax wug", "dax")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A nano model trained for a few steps on world pictures and episodes, through the CLI."""
+    root = tmp_path_factory.mktemp("icl_cli")
+    assert main(["data", "world", "--n", "16", "--size", "32", "--out", str(root / "world"), "--quiet"]) == 0
+    small = ["--size", "32", "--per-kind", "5", "--scenes", "8"]
+    assert main(["data", "icl", "--n", "12", "--shots", "1..3", *small, "--out", str(root / "train")]) == 0
+    assert main(["data", "icl", "--n", "8", "--shots", "2", *small, "--held-out", "--seed", "1",
+                 "--out", str(root / "test")]) == 0
+    assert main(["train", "--data", str(root / "world"), "--icl-data", str(root / "train"), "--tasks", "short,icl",
+                 "--out", str(root / "run"), "--preset", "nano", "--steps", "4", "--batch-size", "4",
+                 "--quiet"]) == 0
+    return root
+
+
+def test_cli_trains_on_episodes_and_evaluates_in_context(trained, capsys):
+    vlm = TinyVLM.from_pretrained(trained / "run")
+    assert vlm.tasks == ("short", "icl")
+    metrics = [json.loads(l) for l in (trained / "run/metrics.jsonl").read_text().splitlines()]
+    assert any("val_icl_loss" in row for row in metrics)
+    out = trained / "eval"
+    assert main(["eval", "--model", str(trained / "run"), "--suite", "icl", "--data", str(trained / "test"),
+                 "--shots", "0,2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["tasks"]) == set(icl.FAMILIES)
+    assert set(results["tasks"]["binding"]["model"]) == {"0", "2"} and "2" in results["tasks"]["binding"]["shuffled"]
+    assert (out / "icl.png").stat().st_size > 0 and "| binding | model |" in (out / "report.md").read_text()
+    assert main(["eval", "--model", str(trained / "run"), "--suite", "icl", "--data", str(trained / "test"),
+                 "--shots", "4"]) == 2
+    assert "only 2 support shots" in capsys.readouterr().err
+
+
+def test_ask_with_shots_and_a_prompt_too_long_for_the_context(trained, capsys):
+    pics = sorted(str(p) for p in (trained / "test").glob("one-*.png"))
+    assert main(["ask", pics[0], "What is this?", "--model", str(trained / "run"),
+                 "--shot", pics[1], "What is this?", "dax", "--shot", pics[2], "What is this?", "wug"]) == 0
+    vlm = TinyVLM.from_pretrained(trained / "run")  # nano: 512 tokens, 19 a picture
+    shots = [(pics[1], "What is this?", "dax")] * 40
+    with pytest.raises(TinyVLMError, match=r"41 picture\(s\) .* at most (\d+) picture\(s\) fit"):
+        vlm.ask(pics[0], "What is this?", shots=shots)
+    assert main(["ask", pics[0], "What is this?", "--model", str(trained / "run"), "--shot", pics[1], "", "dax"]) == 2
+    assert "shot 1 must be" in capsys.readouterr().err
+
+
+def test_easy_binding_shows_one_picture_a_kind(pictures):
+    e = icl.binding(random.Random(1), pictures, 6, held_out=False, ease=1.0)
+    pictures_of = {}
+    for s in (*e.support, e.query):
+        pictures_of.setdefault(s.answer, set()).update(s.images)
+    assert len(pictures_of) == 2 and all(len(p) == 1 for p in pictures_of.values())
+    hard = icl.binding(random.Random(1), pictures, 6, held_out=False)
+    assert len({s.images for s in hard.support}) == 6
