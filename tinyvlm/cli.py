@@ -200,11 +200,10 @@ def cmd_explain(a):
 
 
 def cmd_train_explainer(a):
-    from .explain.translator import ExplainerConfig, train_explainer
+    from .explain.translator import EXPLAINER_DIR, ExplainerConfig, train_explainer
     cfg = ExplainerConfig(model=a.model, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                           seed=a.seed, progress=not a.quiet)
     ex = train_explainer(cfg)
-    from .explain.translator import EXPLAINER_DIR
     print(f"explainer ({ex.layers} encoder layers, {ex.steps} steps) saved to {a.out or f'{a.model}/{EXPLAINER_DIR}'}")
 
 
