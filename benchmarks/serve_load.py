@@ -1,13 +1,18 @@
 """Load on `tinyvlm serve`, over loopback only: C concurrent clients send N chat completions in all
-(each a picture and a question, greedy, at most T new tokens), first with dynamic batching and then
-one at a time (--max-batch 1). Prints, for each: 5xx answers, dropped requests (no answer: a
-connection error or the client's timeout), other non-200 answers, p50/p99 latency, requests/s, and
-the server's resident memory at the start and end of the run (and its peak, sampled every 0.2 s).
+(each a picture and a text: by default a plain 64x64 colour and a question; greedy, at most T new
+tokens), to a server with dynamic batching and
+to the same server one at a time (--max-batch 1). Both servers start first; then each is loaded in
+turn, --rounds times (N / rounds requests each time), so that on a shared machine both meet the same
+passing load from other jobs. Prints, for each: 5xx answers, dropped requests (no answer: a
+connection error or the client's timeout), other non-200 answers, p50/p99 latency, requests/s, the
+server's CPU time per answered request (all its threads: load on the machine moves it less than it
+moves requests/s), and the server's resident memory at the start and end of the run (and its peak, sampled every 0.2 s).
 
     .venv/bin/python benchmarks/serve_load.py                      # a random nano model
     .venv/bin/python benchmarks/serve_load.py --model runs/demo/run  # a trained one
 
-Bounded in count (--requests) and in time (--seconds a run: no request starts after it).
+Bounded in count (--requests) and in time (--seconds a run, spread over its rounds: no request
+starts after it).
 """
 from __future__ import annotations
 
@@ -53,36 +58,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def picture(i: int) -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has spent, user and system, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(model: Path, max_batch: int, a) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "tinyvlm", "serve", "--model", str(model), "--port", str(port),
-                               "--max-batch", str(max_batch), "--max-queue", str(a.clients * 2),
-                               "--timeout", str(a.timeout)] + (["--threads", str(a.threads)] if a.threads else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+def picture(i: int, folder: Path | None = None) -> str:
+    """The i-th picture: a plain 64x64 colour, or the i-th PNG of `folder`."""
+    if folder is not None:
+        data = sorted(folder.glob("*.png"))[i].read_bytes()
+    else:
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)).save(buf, format="PNG")
+        data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+class Server:
+    """`tinyvlm serve` in its own process on a free loopback port, and what its load runs measured."""
+
+    def __init__(self, model: Path, max_batch: int, a):
+        self.max_batch, self.url = max_batch, f"http://127.0.0.1:{free_port()}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tinyvlm", "serve", "--model", str(model), "--port", self.url.rsplit(":", 1)[1],
+             "--max-batch", str(max_batch), "--max-queue", str(a.clients * 2), "--timeout", str(a.timeout)]
+            + (["--threads", str(a.threads)] if a.threads else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.latencies, self.codes, self.dropped, self.wall, self.cpu = [], [], 0, 0.0, 0.0
+        self.rss0 = self.peak = float("nan")
+
+    def ready(self, body: dict) -> None:
         deadline = time.monotonic() + 120
         while True:
             try:
-                httpx.get(url + "/health").raise_for_status()
+                httpx.get(self.url + "/health").raise_for_status()
                 break
             except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the server did not start")
                 time.sleep(0.2)
-        bodies = [{"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": picture(i)}},
-            {"type": "text", "text": "What is in the picture?"}]}], "max_tokens": a.max_tokens} for i in range(64)]
-        httpx.post(url + "/v1/chat/completions", json=bodies[0], timeout=60)  # warm up
-        start_rss = peak = rss_mib(server.pid)
-        latencies, codes, dropped = [], [], [0]
-        stop_at = time.monotonic() + a.seconds
-        sent = iter(range(a.requests))
+        httpx.post(self.url + "/v1/chat/completions", json=body, timeout=60)  # warm up
+        self.rss0 = self.peak = rss_mib(self.proc.pid)
+
+    def load(self, bodies: list[dict], requests: range, a) -> None:
+        """Send `requests` (indices into `bodies`) from a.clients concurrent clients; add up the results."""
+        stop_at = time.monotonic() + a.seconds / a.rounds
+        sent = iter(requests)
 
         async def client(http: httpx.AsyncClient):
             # one event loop drives every client, so the load generator itself costs little CPU
@@ -93,41 +114,67 @@ def run(model: Path, max_batch: int, a) -> dict:
                 try:
                     r = await http.post("/v1/chat/completions", json=bodies[i % len(bodies)])
                 except httpx.HTTPError:
-                    dropped[0] += 1
+                    self.dropped += 1
                     continue
-                latencies.append(time.monotonic() - t)
-                codes.append(r.status_code)
+                self.latencies.append(time.monotonic() - t)
+                self.codes.append(r.status_code)
 
         async def watch(done: asyncio.Event):
-            nonlocal peak
             while not done.is_set():
-                peak = max(peak, rss_mib(server.pid))
+                self.peak = max(self.peak, rss_mib(self.proc.pid))
                 await asyncio.sleep(0.2)
 
-        async def load():
+        async def run():
             done = asyncio.Event()
             limits = httpx.Limits(max_connections=a.clients)
-            async with httpx.AsyncClient(base_url=url, timeout=a.timeout + 10, limits=limits) as http:
+            async with httpx.AsyncClient(base_url=self.url, timeout=a.timeout + 10, limits=limits) as http:
                 watcher = asyncio.create_task(watch(done))
                 await asyncio.gather(*(client(http) for _ in range(a.clients)))
                 done.set()
                 await watcher
 
-        t0 = time.monotonic()
-        asyncio.run(load())
-        wall = time.monotonic() - t0
-        end_rss = rss_mib(server.pid)
-        health = httpx.get(url + "/health").json()
+        t0, cpu0 = time.monotonic(), cpu_s(self.proc.pid)
+        asyncio.run(run())
+        self.wall += time.monotonic() - t0
+        self.cpu += cpu_s(self.proc.pid) - cpu0
+
+    def result(self) -> dict:
+        end_rss = rss_mib(self.proc.pid)
+        health = httpx.get(self.url + "/health").json()
+        lat, codes = sorted(self.latencies), self.codes
+        q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
+        ok = codes.count(200)
+        return {"batch": self.max_batch, "sent": len(codes) + self.dropped, "ok": ok,
+                "5xx": sum(c >= 500 for c in codes), "other": sum(c != 200 and c < 500 for c in codes),
+                "dropped": self.dropped, "p50": q(0.5), "p99": q(0.99), "rps": ok / self.wall,
+                "cpu_ms": 1000 * self.cpu / max(1, ok), "rss0": self.rss0,
+                "rss1": end_rss, "peak": self.peak, "batches": health["batches"], "rows": health["rows"]}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def compare(model: Path, a) -> list[dict]:
+    """The batched server and the one-at-a-time one (--max-batch 1), both started first, then loaded
+    in turn, a.rounds times each: on a shared machine both meet the same passing load. Only the
+    server being loaded works; the other waits idle."""
+    folder = Path(a.pictures) if a.pictures else None
+    bodies = [{"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": picture(i, folder)}},
+        {"type": "text", "text": a.text}]}], "max_tokens": a.max_tokens} for i in range(64)]
+    servers = [Server(model, a.max_batch, a), Server(model, 1, a)]
+    try:
+        for s in servers:
+            s.ready(bodies[0])
+        cuts = [a.requests * k // a.rounds for k in range(a.rounds + 1)]
+        for k in range(a.rounds):
+            for s in servers:
+                s.load(bodies, range(cuts[k], cuts[k + 1]), a)
+        return [s.result() for s in servers]
     finally:
-        server.terminate()
-        server.wait(20)
-    lat = sorted(latencies)
-    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")  # noqa: E731
-    ok = codes.count(200)
-    return {"batch": max_batch, "sent": len(codes) + dropped[0], "ok": ok, "5xx": sum(c >= 500 for c in codes),
-            "other": sum(c != 200 and c < 500 for c in codes), "dropped": dropped[0], "p50": q(0.5), "p99": q(0.99),
-            "rps": ok / wall, "rss0": start_rss, "rss1": end_rss, "peak": peak, "batches": health["batches"],
-            "rows": health["rows"]}
+        for s in servers:
+            s.close()
 
 
 def main():
@@ -140,19 +187,24 @@ def main():
     p.add_argument("--seconds", type=float, default=300, help="no request starts after this many seconds of a run")
     p.add_argument("--threads", type=int, default=None, help="the server's --threads (default: its own)")
     p.add_argument("--timeout", type=float, default=60, help="the server's and (plus 10 s) the client's timeout")
+    p.add_argument("--pictures", help="a folder of PNGs to send, its first 64 (default: 64 plain colours)")
+    p.add_argument("--text", default="What is in the picture?", help="the user's text beside the picture")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="load the two servers in turn this many times, requests/rounds each time (1: one run each)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(a.model) if a.model else random_model(Path(tmp) / "nano")
-        rows = [run(model, a.max_batch, a), run(model, 1, a)]
-    print(f"{a.clients} clients, {a.requests} requests a run, max_tokens {a.max_tokens}, model "
-          f"{a.model or 'random nano'}, {os.cpu_count()} CPUs\n")
-    print("| max batch | sent | 200 | 5xx | other 4xx | dropped | p50 ms | p99 ms | requests/s | rows/batch "
-          "| RSS start MiB | RSS end MiB | RSS peak MiB |")
-    print("|" + "---|" * 13)
+        rows = compare(model, a)
+    print(f"{a.clients} clients, {a.requests} requests a run in {a.rounds} round(s), max_tokens {a.max_tokens}, "
+          f"text {a.text!r}, pictures {a.pictures or 'plain colours'}, model {a.model or 'random nano'}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end\n")
+    print("| max batch | sent | 200 | 5xx | other 4xx | dropped | p50 ms | p99 ms | requests/s | server CPU ms/request "
+          "| rows/batch | RSS start MiB | RSS end MiB | RSS peak MiB |")
+    print("|" + "---|" * 14)
     for r in rows:
         print(f"| {r['batch']} | {r['sent']} | {r['ok']} | {r['5xx']} | {r['other']} | {r['dropped']} | {r['p50']:.0f} "
-              f"| {r['p99']:.0f} | {r['rps']:.1f} | {r['rows'] / max(1, r['batches']):.2f} | {r['rss0']:.0f} "
-              f"| {r['rss1']:.0f} | {r['peak']:.0f} |")
+              f"| {r['p99']:.0f} | {r['rps']:.1f} | {r['cpu_ms']:.1f} | {r['rows'] / max(1, r['batches']):.2f} "
+              f"| {r['rss0']:.0f} | {r['rss1']:.0f} | {r['peak']:.0f} |")
     print(f"\nbatched throughput: {rows[0]['rps'] / rows[1]['rps']:.2f}x one at a time")
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -28,6 +29,7 @@ httpx = pytest.importorskip("httpx")
 from test_chat import _vlm  # noqa: E402
 from tinyvlm.messages import Accept, decode_image_url  # noqa: E402
 from tinyvlm.errors import TinyVLMError  # noqa: E402
+from tinyvlm.generate import Sampling  # noqa: E402
 from tinyvlm.serve.app import ServeConfig, StopText, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -369,6 +371,47 @@ def test_requests_that_arrive_together_are_decoded_together(vlm, monkeypatch):
                               json=_ask(max_tokens=6, temperature=0.9, seed=3)) for _ in range(3)]
         texts = [f.result().json()["choices"][0]["message"]["content"] for f in seeded]
         assert texts[0] == texts[1] == texts[2]  # each decoded alone: its seed alone decides its text
+
+
+def test_pictures_are_prepared_off_the_decoding_thread_and_a_broken_one_fails_alone(vlm, monkeypatch):
+    """Base64, PNG decoding and preprocessing run on the request threads (a bounded pool): the batcher
+    gets model-size pixels and decodes only, and a picture that breaks mid-decode, among good ones
+    arriving with it, gets its own 400 while the others are answered."""
+    size = vlm.cfg.vit_image_size
+    threads, pixels = [], vlm.pixels
+
+    def watched(images):
+        if any(not isinstance(im, torch.Tensor) for im in images):
+            threads.append(threading.current_thread().name)
+        return pixels(images)
+    monkeypatch.setattr(vlm, "pixels", watched)
+    broken = _url(_png(size=(48, 48), noise=True)[:300])  # a sound header, then the pixel data cut short
+    with running(vlm, max_batch=8) as (url, app), ThreadPoolExecutor(12) as pool:
+        jobs, submit = [], app.state.batcher.submit
+        monkeypatch.setattr(app.state.batcher, "submit", lambda job: (jobs.append(job), submit(job))[1])
+        bodies = [_ask(f"picture {i}?", broken if i % 3 == 0 else _url(_png((9 * i, 99, 200))), max_tokens=3)
+                  for i in range(12)]
+        answers = list(pool.map(lambda b: httpx.post(url + "/v1/chat/completions", json=b, timeout=30), bodies))
+        for i, r in enumerate(answers):
+            if i % 3 == 0:
+                _check_error(r, 400, "cannot read image")
+            else:
+                assert r.status_code == 200, r.text
+        assert len(jobs) == 8 and all(len(j.pictures) == 1 and isinstance(j.pictures[0], torch.Tensor)
+                                      and tuple(j.pictures[0].shape) == (3, size, size) for j in jobs)
+        assert threads and "tinyvlm-batcher" not in threads
+        assert httpx.post(url + "/v1/chat/completions", json=_ask("still there?", RED, max_tokens=2)).status_code == 200
+
+
+def test_the_library_takes_pictures_already_preprocessed(vlm):
+    px = vlm.pixels([Image.new("RGB", (40, 30), "red"), Image.new("RGB", (30, 40), "blue")])
+    assert torch.equal(vlm.pixels([px[1], Image.new("RGB", (40, 30), "red")]), px.flip(0))
+    turns = [("user", "<image> What is it?")]
+    sampling = Sampling(max_new_tokens=4)
+    assert vlm.answer_turns([turns], [[px[0]]], sampling) == vlm.answer_turns([turns], [[Image.new("RGB", (40, 30), "red")]],
+                                                                              sampling)
+    with pytest.raises(TinyVLMError, match="preprocessed pixels"):
+        vlm.pixels([torch.zeros(3, vlm.cfg.vit_image_size + 1, vlm.cfg.vit_image_size)])
 
 
 # --- the command line, and the page in a browser ---------------------------------------------------

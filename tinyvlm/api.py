@@ -32,7 +32,7 @@ from .tokenizer import EOS_ID, IMAGE_SLOT, Tokenizer
 FORMAT = "tinyvlm/2"  # the chat template and rotary positions; tinyvlm/1 models need retraining
 BACKENDS = ("torch", "onnxruntime")  # what runs the model: PyTorch, or its ONNX export (tinyvlm/export/)
 
-ImageLike = "str | os.PathLike | Image.Image"
+ImageLike = "str | os.PathLike | Image.Image | torch.Tensor"  # a tensor: pixels already preprocessed
 
 
 class Delta(NamedTuple):
@@ -192,7 +192,19 @@ class TinyVLM:
         return backend_device(self.model)
 
     def pixels(self, images: Sequence[ImageLike]) -> torch.Tensor:
-        return torch.stack([preprocess(im, self.cfg.vit_image_size, self.image_fit) for im in images])
+        """Pictures -> model input (N, 3, S, S). A (3, S, S) tensor is taken as already preprocessed
+        (as this returns): the server prepares pictures on its request threads, off the decoding one."""
+        size = self.cfg.vit_image_size
+        out = []
+        for im in images:
+            if isinstance(im, torch.Tensor):
+                if tuple(im.shape) != (3, size, size):
+                    raise TinyVLMError(f"a picture given as a tensor must be preprocessed pixels (3, {size}, {size}), "
+                                       f"not {tuple(im.shape)}")
+                out.append(im)
+            else:
+                out.append(preprocess(im, size, self.image_fit))
+        return torch.stack(out)
 
     def _prepare(self, conversations: Sequence[Sequence[tuple[str, str]]], images: Sequence[Sequence[ImageLike]],
                  prefixes: Sequence[str] | None, sampling: Sampling | None, constraint: Constraint | None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -19,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import __version__
@@ -147,6 +148,9 @@ def sse(data: dict | str) -> str:
 def create_app(vlm: TinyVLM, config: ServeConfig = ServeConfig(), name: str = "tinyvlm") -> FastAPI:
     """The server for one model: start it with uvicorn (`tinyvlm.serve.serve` does)."""
     batcher = Batcher(vlm, config.max_batch, config.max_queue)
+    # requests being read and prepared at once (decoding pictures, preprocessing): more than the
+    # cores would only queue on them; the rest wait their turn, bounded by the server's connections
+    preparing = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
     accept = Accept(files=False, max_images=config.max_images, max_image_bytes=config.max_image_bytes,
                     max_pixels=config.max_pixels)
 
@@ -206,9 +210,19 @@ def create_app(vlm: TinyVLM, config: ServeConfig = ServeConfig(), name: str = "t
                            code="context_length_exceeded")
         return len(ids)
 
-    async def start(turns, pictures, sampling: Sampling) -> tuple[Job, int]:
-        n = await run_in_threadpool(prompt_tokens, turns, pictures)
-        job = Job(turns, pictures, sampling)
+    def prepare(read) -> tuple[list[tuple[str, str]], list, int]:
+        """On a pool thread, everything a request needs before it can join a batch: its turns and
+        pictures (`read()`: decoding base64 and PNG, whose decoder lets go of the GIL), its prompt's
+        length in tokens (an APIError 400 past the context) and its pictures as the model's input
+        pixels: the batcher's thread then does no per-request work but decoding, and the queue holds
+        no full-size picture."""
+        turns, pictures = read()
+        n = prompt_tokens(turns, pictures)
+        return turns, list(vlm.pixels(pictures)) if pictures else [], n
+
+    async def start(read, sampling: Sampling) -> tuple[Job, int]:
+        turns, pixels, n = await anyio.to_thread.run_sync(prepare, read, limiter=preparing)
+        job = Job(turns, pixels, sampling)
         try:
             batcher.submit(job)
         except QueueFull as e:
@@ -261,7 +275,7 @@ def create_app(vlm: TinyVLM, config: ServeConfig = ServeConfig(), name: str = "t
         """moondream's reply: {key: text} whole, or SSE {"chunk": text} ... {"completed": true}."""
         if not stream:
             text, finish, n = await whole(job, [], request)
-            return {key: text, "finish_reason": finish, "usage": usage(prompt, n)}
+            return JSONResponse({key: text, "finish_reason": finish, "usage": usage(prompt, n)})
 
         async def events():
             try:
@@ -292,16 +306,17 @@ def create_app(vlm: TinyVLM, config: ServeConfig = ServeConfig(), name: str = "t
         sampling = sampling_of(body)
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        turns, pictures = await run_in_threadpool(parse_messages, messages, accept)
-        job, prompt = await start(turns, pictures, sampling)
+        job, prompt = await start(lambda: parse_messages(messages, accept), sampling)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": ident, "created": created, "model": name}
 
         if not body.stream:
             text, finish, n = await whole(job, stops, request)
-            return {**head, "object": "chat.completion", "usage": usage(prompt, n),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": finish, "logprobs": None}]}
+            # plain JSON as it is: a returned dict would go through FastAPI's jsonable_encoder, 0.9 ms
+            # of each request's event-loop time under cProfile (docs/serving.md#load)
+            return JSONResponse({**head, "object": "chat.completion", "usage": usage(prompt, n),
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                              "finish_reason": finish, "logprobs": None}]})
 
         def chunk(delta: dict, finish: str | None = None) -> str:
             return sse({**head, "object": "chat.completion.chunk",
@@ -325,18 +340,18 @@ def create_app(vlm: TinyVLM, config: ServeConfig = ServeConfig(), name: str = "t
     @app.post("/v1/caption")
     async def caption(body: CaptionRequest, request: Request):
         style = "short" if body.length == "short" else "long"
-        picture = await run_in_threadpool(decode_image_url, body.image_url, accept)
         sampling = Sampling(max_new_tokens=min(MAX_TOKENS[style], config.max_tokens))
-        job, prompt = await start([("user", describe_prompt(style))], [picture], sampling)
+        job, prompt = await start(lambda: ([("user", describe_prompt(style))], [decode_image_url(body.image_url, accept)]),
+                                  sampling)
         return await answer(job, prompt, "caption", body.stream, request)
 
     @app.post("/v1/query")
     async def query(body: QueryRequest, request: Request):
         if not body.question.strip():
             raise APIError(400, "the question is empty", param="question")
-        picture = await run_in_threadpool(decode_image_url, body.image_url, accept)
         sampling = Sampling(max_new_tokens=min(QUERY_TOKENS, config.max_tokens))
-        job, prompt = await start([("user", ask_prompt(body.question))], [picture], sampling)
+        job, prompt = await start(lambda: ([("user", ask_prompt(body.question))], [decode_image_url(body.image_url, accept)]),
+                                  sampling)
         return await answer(job, prompt, "answer", body.stream, request)
 
     return app
