@@ -1,12 +1,15 @@
 """Load on `tinyvlm serve`, over loopback only: C concurrent clients send N chat completions in all
 (each a picture and a text: by default a plain 64x64 colour and a question; greedy, at most T new
-tokens), to a server with dynamic batching and
-to the same server one at a time (--max-batch 1). Both servers start first; then each is loaded in
-turn, --rounds times (N / rounds requests each time), so that on a shared machine both meet the same
-passing load from other jobs. Prints, for each: 5xx answers, dropped requests (no answer: a
-connection error or the client's timeout), other non-200 answers, p50/p99 latency, requests/s, the
-server's CPU time per answered request (all its threads: load on the machine moves it less than it
-moves requests/s), and the server's resident memory at the start and end of the run (and its peak, sampled every 0.2 s).
+tokens), to a server with dynamic batching and to the same server one at a time (--max-batch 1).
+Both servers start first; then each is loaded in turn, --rounds times (N / rounds requests each
+time), so that on a shared machine both meet the same passing load from other jobs. The clients are
+threads, each with one kept-alive connection of the standard library's http.client (--client
+httpx: httpx's async client, which costs the cores the server shares a few times more CPU a
+request). Prints, for each server: 5xx answers, dropped requests (no answer: a connection error or
+the client's timeout), other non-200 answers, p50/p99 latency, requests/s, the server's CPU time per
+answered request (all its threads: load on the machine moves it less than it moves requests/s) and
+the load generator's, and the server's resident memory at the start and end of the run (and its
+peak, sampled every 0.2 s).
 
     .venv/bin/python benchmarks/serve_load.py                      # a random nano model
     .venv/bin/python benchmarks/serve_load.py --model runs/demo/run  # a trained one
@@ -19,13 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import http.client
 import io
+import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -84,7 +91,7 @@ class Server:
             [sys.executable, "-m", "tinyvlm", "serve", "--model", str(model), "--port", self.url.rsplit(":", 1)[1],
              "--max-batch", str(max_batch), "--max-queue", str(a.clients * 2), "--timeout", str(a.timeout)]
             + (["--threads", str(a.threads)] if a.threads else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.latencies, self.codes, self.dropped, self.wall, self.cpu = [], [], 0, 0.0, 0.0
+        self.latencies, self.codes, self.dropped, self.wall, self.cpu, self.client_cpu = [], [], 0, 0.0, 0.0, 0.0
         self.rss0 = self.peak = float("nan")
 
     def ready(self, body: dict) -> None:
@@ -121,7 +128,7 @@ class Server:
 
         async def watch(done: asyncio.Event):
             while not done.is_set():
-                self.peak = max(self.peak, rss_mib(self.proc.pid))
+                self.watch_rss()
                 await asyncio.sleep(0.2)
 
         async def run():
@@ -133,10 +140,52 @@ class Server:
                 done.set()
                 await watcher
 
-        t0, cpu0 = time.monotonic(), cpu_s(self.proc.pid)
-        asyncio.run(run())
+        def plain_client():
+            # the standard library's HTTP/1.1 on one kept-alive connection per client thread: a few
+            # times less CPU a request than httpx's async client, on the cores the server shares
+            host, port = self.url.rsplit("/", 1)[1].split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=a.timeout + 10)
+            for i in sent:
+                if time.monotonic() >= stop_at:
+                    break
+                t = time.monotonic()
+                try:
+                    conn.request("POST", "/v1/chat/completions", encoded[i % len(encoded)],
+                                  {"Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    r.read()
+                except (OSError, http.client.HTTPException):
+                    self.dropped += 1
+                    conn.close()  # the next request opens a new connection
+                    continue
+                self.latencies.append(time.monotonic() - t)
+                self.codes.append(r.status)
+            conn.close()
+
+        t0, cpu0, mine0 = time.monotonic(), cpu_s(self.proc.pid), time.process_time()
+        if a.client == "httpx":
+            asyncio.run(run())
+        else:
+            encoded = [json.dumps(b).encode() for b in bodies]
+            sent = iter(requests)  # the threads share it: next() on a range iterator is atomic under the GIL
+            done = threading.Event()
+
+            def watch_thread():
+                while not done.wait(0.2):
+                    self.watch_rss()
+            watcher = threading.Thread(target=watch_thread)
+            watcher.start()
+            with ThreadPoolExecutor(a.clients) as pool:
+                for f in [pool.submit(plain_client) for _ in range(a.clients)]:
+                    f.result()
+            done.set()
+            watcher.join()
         self.wall += time.monotonic() - t0
         self.cpu += cpu_s(self.proc.pid) - cpu0
+        self.client_cpu += time.process_time() - mine0
+
+    def watch_rss(self) -> None:
+        self.peak = max(self.peak, rss_mib(self.proc.pid))
 
     def result(self) -> dict:
         end_rss = rss_mib(self.proc.pid)
@@ -147,7 +196,8 @@ class Server:
         return {"batch": self.max_batch, "sent": len(codes) + self.dropped, "ok": ok,
                 "5xx": sum(c >= 500 for c in codes), "other": sum(c != 200 and c < 500 for c in codes),
                 "dropped": self.dropped, "p50": q(0.5), "p99": q(0.99), "rps": ok / self.wall,
-                "cpu_ms": 1000 * self.cpu / max(1, ok), "rss0": self.rss0,
+                "cpu_ms": 1000 * self.cpu / max(1, ok), "client_ms": 1000 * self.client_cpu / max(1, ok),
+                "rss0": self.rss0,
                 "rss1": end_rss, "peak": self.peak, "batches": health["batches"], "rows": health["rows"]}
 
     def close(self) -> None:
@@ -189,6 +239,8 @@ def main():
     p.add_argument("--timeout", type=float, default=60, help="the server's and (plus 10 s) the client's timeout")
     p.add_argument("--pictures", help="a folder of PNGs to send, its first 64 (default: 64 plain colours)")
     p.add_argument("--text", default="What is in the picture?", help="the user's text beside the picture")
+    p.add_argument("--client", choices=("stdlib", "httpx"), default="stdlib",
+                   help="the load generator: http.client on 16 threads, or httpx's async client (more CPU a request)")
     p.add_argument("--rounds", type=int, default=5,
                    help="load the two servers in turn this many times, requests/rounds each time (1: one run each)")
     a = p.parse_args()
@@ -196,14 +248,14 @@ def main():
         model = Path(a.model) if a.model else random_model(Path(tmp) / "nano")
         rows = compare(model, a)
     print(f"{a.clients} clients, {a.requests} requests a run in {a.rounds} round(s), max_tokens {a.max_tokens}, "
-          f"text {a.text!r}, pictures {a.pictures or 'plain colours'}, model {a.model or 'random nano'}, "
+          f"client {a.client}, text {a.text!r}, pictures {a.pictures or 'plain colours'}, model {a.model or 'random nano'}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end\n")
     print("| max batch | sent | 200 | 5xx | other 4xx | dropped | p50 ms | p99 ms | requests/s | server CPU ms/request "
-          "| rows/batch | RSS start MiB | RSS end MiB | RSS peak MiB |")
-    print("|" + "---|" * 14)
+          "| client CPU ms/request | rows/batch | RSS start MiB | RSS end MiB | RSS peak MiB |")
+    print("|" + "---|" * 15)
     for r in rows:
         print(f"| {r['batch']} | {r['sent']} | {r['ok']} | {r['5xx']} | {r['other']} | {r['dropped']} | {r['p50']:.0f} "
-              f"| {r['p99']:.0f} | {r['rps']:.1f} | {r['cpu_ms']:.1f} | {r['rows'] / max(1, r['batches']):.2f} "
+              f"| {r['p99']:.0f} | {r['rps']:.1f} | {r['cpu_ms']:.1f} | {r['client_ms']:.1f} | {r['rows'] / max(1, r['batches']):.2f} "
               f"| {r['rss0']:.0f} | {r['rss1']:.0f} | {r['peak']:.0f} |")
     print(f"\nbatched throughput: {rows[0]['rps'] / rows[1]['rps']:.2f}x one at a time")
 
