@@ -29,6 +29,30 @@ if TYPE_CHECKING:
     from .run import Trainer
 
 CONCEPT_STAGE, CONCEPT_WEIGHTS = "concepts", "encoder_and_head.safetensors"  # RUN/concepts/: the first stage
+ENCODED_BYTES = 512 * 2**20  # what the frozen encoder's kept outputs may take (EncoderCache)
+
+
+class EncoderCache:
+    """The frozen encoder's output per picture, computed the first time a picture comes and read
+    back after. Exact: with the encoder frozen, in eval mode (batch-norm statistics fixed, no
+    dropout) and without augmentation, a picture's encoding never changes, yet it was the larger
+    half of a demo step's forward (docs/speed.md). Bounded in bytes: past `max_bytes` the first
+    pictures stay and the rest are encoded each time (in a fixed epoch order, keeping the first
+    ones beats replacing the oldest, which would never be hit)."""
+
+    def __init__(self, encoder: torch.nn.Module, max_bytes: int = ENCODED_BYTES):
+        self.encoder, self.room, self.store = encoder, max_bytes, {}
+
+    @torch.no_grad()
+    def __call__(self, paths: list[str], pixels: torch.Tensor) -> torch.Tensor:
+        """Pictures (their files `paths`, their pixels (N, 3, H, W)) -> (N, 1 + patches, vit_width)."""
+        new = [i for i, p in enumerate(paths) if p not in self.store]
+        fresh = dict(zip(new, self.encoder(pixels[new]))) if new else {}
+        for i, e in fresh.items():
+            if self.room > 0 and paths[i] not in self.store:
+                self.store[paths[i]] = e.clone()  # not a view that would keep the whole batch alive
+                self.room -= e.numel() * e.element_size()
+        return torch.stack([fresh[i] if i in fresh else self.store[p] for i, p in enumerate(paths)])
 
 
 class EncoderAndHead(torch.nn.Module):
@@ -137,6 +161,10 @@ class VLMStage(Stage):
             self.best_val = state["best_val"]
             self.icl_epoch, self.icl_pos = state.get("icl_epoch", 0), state.get("icl_pos", 0)
         self.icl = None  # the episodes' own stream, opened when the loop starts
+        model, cfg = trainer.vlm.model, self.cfg
+        # one process only: with several, the connector would run outside DistributedDataParallel's forward
+        self.encoded = (EncoderCache(model.vision) if cfg.freeze_encoder and not cfg.augment
+                        and not model.reduce.active and not trainer.dist.enabled else None)
         self.val_batches = self._val_examples()
         self.val_icl = self._val_episodes()
 
@@ -192,12 +220,19 @@ class VLMStage(Stage):
                                  rank=dist.rank, world=dist.world)
         return self.icl_stream
 
-    def loss(self, batch: dict, net: torch.nn.Module | None = None) -> torch.Tensor:
+    def loss(self, batch: dict, net: torch.nn.Module | None = None,
+             examples: list[Example] | None = None) -> torch.Tensor:
+        """The batch's loss; given the `examples` it was made from, the frozen encoder's output for
+        their pictures comes from the EncoderCache."""
         device = self.trainer.device
         batch = {k: v.to(device) if v is not None else None for k, v in batch.items()}
+        ids, images, labels = batch["input_ids"], batch["images"], batch["labels"]
         with self.trainer.autocast():
-            _, loss = (net or self.module)(batch["input_ids"], batch["images"], batch["labels"])
-        return loss
+            if self.encoded is not None and examples is not None and images is not None:
+                encoded = self.encoded([p for ex in examples for p in ex.images], images)
+                features = list(self.module.connector(encoded))
+                return (net or self.module)(ids, labels=labels, features=features)[1]
+            return (net or self.module)(ids, images, labels)[1]
 
     def forward(self, records: Records, micro: int):
         examples = self.batch_examples(records, self.step)
@@ -205,7 +240,7 @@ class VLMStage(Stage):
         if self.cfg.augment:  # fresh draws for each micro-batch and process (the first keeps the seed of a step)
             aug_rng = random.Random(f"aug:{self.cfg.seed}:{self.step}" + (f":{micro}" if micro else ""))
         batch = self.trainer.collate(examples, aug_rng)
-        return self.loss(batch, self.net), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
+        return self.loss(batch, self.net, examples), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
 
     @torch.no_grad()
     def validate(self) -> dict | None:
@@ -215,7 +250,7 @@ class VLMStage(Stage):
         figures = {}
         for key, batches in (("val_loss", self.val_batches), ("val_icl_loss", self.val_icl)):
             if batches:
-                losses = [self.loss(self.trainer.collate(b)).item() for b in batches]
+                losses = [self.loss(self.trainer.collate(b), examples=b).item() for b in batches]
                 figures[key] = sum(losses) / len(losses)
         self.train_mode()
         return figures
