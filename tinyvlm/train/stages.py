@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,7 +21,6 @@ from tqdm import tqdm
 from ..checkpoint import RUN_CHECKPOINT, cpu_state, read_json
 from ..concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
 from ..data.batches import TASKS, Example, record_to_example
-from ..data.images import to_tensor
 from ..data.records import Record
 from .loop import STATE, Records, Stage, Stream, optimizer
 
@@ -44,10 +43,11 @@ class EncoderCache:
         self.encoder, self.room, self.store = encoder, max_bytes, {}
 
     @torch.no_grad()
-    def __call__(self, paths: list[str], pixels: torch.Tensor) -> torch.Tensor:
-        """Pictures (their files `paths`, their pixels (N, 3, H, W)) -> (N, 1 + patches, vit_width)."""
+    def __call__(self, paths: list[str], pixels: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """Pictures (their files) -> (N, 1 + patches, vit_width). `pixels` gives the model input
+        (n, 3, H, W) of the pictures not kept yet, so those alone are read and preprocessed."""
         new = [i for i, p in enumerate(paths) if p not in self.store]
-        fresh = dict(zip(new, self.encoder(pixels[new]))) if new else {}
+        fresh = dict(zip(new, self.encoder(pixels([paths[i] for i in new])))) if new else {}
         for i, e in fresh.items():
             if self.room > 0 and paths[i] not in self.store:
                 self.store[paths[i]] = e.clone()  # not a view that would keep the whole batch alive
@@ -103,8 +103,7 @@ class ConceptStage(Stage):
         return not usable(record) or super().skips(record)
 
     def pixels(self, records: list[Record]) -> torch.Tensor:
-        t = self.trainer
-        return torch.stack([to_tensor(t.collate.images.get(r.images[0])) for r in records]).to(t.device)
+        return self.trainer.collate.pixels([r.images[0] for r in records]).to(self.trainer.device)
 
     def scores(self, records: list[Record], net: torch.nn.Module | None = None) -> torch.Tensor:
         with self.trainer.autocast():
@@ -227,11 +226,11 @@ class VLMStage(Stage):
         device = self.trainer.device
         batch = {k: v.to(device) if v is not None else None for k, v in batch.items()}
         ids, images, labels = batch["input_ids"], batch["images"], batch["labels"]
+        paths = [p for ex in examples for p in ex.images] if examples is not None else []
         with self.trainer.autocast():
-            if self.encoded is not None and examples is not None and images is not None:
-                encoded = self.encoded([p for ex in examples for p in ex.images], images)
-                features = list(self.module.connector(encoded))
-                return (net or self.module)(ids, labels=labels, features=features)[1]
+            if self.encoded is not None and paths:
+                encoded = self.encoded(paths, lambda new: self.trainer.collate.pixels(new).to(device))
+                return (net or self.module)(ids, labels=labels, features=list(self.module.connector(encoded)))[1]
             return (net or self.module)(ids, images, labels)[1]
 
     def forward(self, records: Records, micro: int):
@@ -239,7 +238,7 @@ class VLMStage(Stage):
         aug_rng = None
         if self.cfg.augment:  # fresh draws for each micro-batch and process (the first keeps the seed of a step)
             aug_rng = random.Random(f"aug:{self.cfg.seed}:{self.step}" + (f":{micro}" if micro else ""))
-        batch = self.trainer.collate(examples, aug_rng)
+        batch = self.trainer.collate(examples, aug_rng, pixels=self.encoded is None)
         return self.loss(batch, self.net, examples), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
 
     @torch.no_grad()
@@ -250,7 +249,8 @@ class VLMStage(Stage):
         figures = {}
         for key, batches in (("val_loss", self.val_batches), ("val_icl_loss", self.val_icl)):
             if batches:
-                losses = [self.loss(self.trainer.collate(b), examples=b).item() for b in batches]
+                losses = [self.loss(self.trainer.collate(b, pixels=self.encoded is None), examples=b).item()
+                          for b in batches]
                 figures[key] = sum(losses) / len(losses)
         self.train_mode()
         return figures
