@@ -185,7 +185,7 @@ class ExplainerTrainer(Trainer):
         self.val_src, self.skip = self._validation_source()
         from ..data.batches import Collator
         self.collate = Collator(self.vlm.tokenizer, self.vlm.cfg, self.vlm.image_fit)
-        self.broken, self.reported = {}, set()
+        self.broken, self.reported, self.read = {}, set(), set()
         self.vlm.model.eval().requires_grad_(False)
         if (self.out / WEIGHTS_DIR / STATE).is_file():
             raise TinyVLMError(f"{self.out} already holds an explainer: choose another --out, or remove it")
