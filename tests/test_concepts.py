@@ -127,6 +127,33 @@ def test_a_frozen_encoder_leaves_the_vlm_stage_exactly_as_the_concept_stage_left
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_a_frozen_encoder_is_run_once_per_picture_and_the_losses_stay_as_they_were(tmp_path, shapes, monkeypatch):
+    """With the encoder frozen, the VLM stage keeps each picture's encoding (EncoderCache): the
+    encoder sees each training picture about once, not once an epoch, and every logged loss is
+    the one a run that encodes every batch gets."""
+    import tinyvlm.train.stages as stages
+    seen = []
+    real = stages.EncoderCache
+
+    class Counting(real):
+        def __call__(self, paths, pixels):
+            seen.extend(p for p in paths if p not in self.store)
+            return super().__call__(paths, pixels)
+
+    monkeypatch.setattr(stages, "EncoderCache", Counting)
+    train(_cfg(tmp_path / "kept", shapes, stem="conv", freeze_encoder=True))
+    monkeypatch.setattr(stages, "EncoderCache", lambda encoder: None)  # the encoder runs every step
+    train(_cfg(tmp_path / "every", shapes, stem="conv", freeze_encoder=True))
+    kept, every = (_metrics(tmp_path / name / "run") for name in ("kept", "every"))
+    rows = [(a, b) for a, b in zip(kept, every) if a.get("stage") is None and ("loss" in a or "val_loss" in a)]
+    assert len(rows) > 5 and len(kept) == len(every)
+    for a, b in rows:
+        key = "loss" if "loss" in a else "val_loss"
+        assert a[key] == pytest.approx(b[key], rel=1e-5)
+    vlm_samples = 30 * 8  # the VLM stage's half of 60 steps, batch 8
+    assert len(set(seen)) == len(seen) and len(seen) < vlm_samples / 2
+
+
 def test_a_frozen_run_keeps_its_concept_head_and_grounded_decoding_never_names_what_it_rates_unseen(tmp_path):
     """With --freeze-encoder the head still reads the final encoder, so the checkpoint keeps it;
     Sampling(ground=p) then bans each concept word the head rates below p in that picture. On

@@ -132,10 +132,10 @@ def test_augmentation_is_drawn_afresh_for_each_micro_batch(tmp_path, shapes, mon
     from tinyvlm.data.batches import Collator
     draws, real = [], Collator.__call__
 
-    def spy(self, examples, rng=None):
+    def spy(self, examples, rng=None, **kw):
         if rng is not None:
             draws.append(copy.deepcopy(rng).random())  # the first number this batch's jitter draws
-        return real(self, examples, rng)
+        return real(self, examples, rng, **kw)
 
     monkeypatch.setattr(Collator, "__call__", spy)
     train(_cfg(tmp_path, shapes, steps=3, batch_size=4, grad_accum=2, augment=True))

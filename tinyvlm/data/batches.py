@@ -134,8 +134,14 @@ class Collator:
         self.image_tokens = image_tokens or cfg.image_tokens
         self.images = ImageCache(cfg.vit_image_size, fit)
 
-    def __call__(self, examples: list[Example], rng: random.Random | None = None) -> dict[str, torch.Tensor]:
-        seqs, labels, pixels = [], [], []
+    def pixels(self, paths: list[str]) -> torch.Tensor:
+        """Pictures (their files) -> model input (N, 3, H, W), through the cache, not augmented."""
+        return torch.stack([to_tensor(self.images.get(p)) for p in paths])
+
+    def __call__(self, examples: list[Example], rng: random.Random | None = None,
+                 pixels: bool = True) -> dict[str, torch.Tensor]:
+        """With `pixels` False, "images" is None: the caller has the pictures' encodings already."""
+        seqs, labels, images = [], [], []
         for ex in examples:
             enc = self.tok.encode_conversation(ex.turns(), [self.image_tokens] * len(ex.images))
             ids, learn = enc.ids, enc.learn
@@ -149,9 +155,9 @@ class Collator:
                 ids, learn = ids[: self.cfg.lm_max_len + 1], learn[: self.cfg.lm_max_len + 1]
             seqs.append(ids[:-1])
             labels.append([t if keep else IGNORE for t, keep in zip(ids[1:], learn[1:])])
-            for p in ex.images:
+            for p in ex.images if pixels else ():
                 img = self.images.get(p)
-                pixels.append(to_tensor(augment(img, rng) if rng is not None else img))
+                images.append(to_tensor(augment(img, rng) if rng is not None else img))
         T = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), T), PAD_ID, dtype=torch.long)
         label_t = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
@@ -159,4 +165,4 @@ class Collator:
             input_ids[i, : len(s)] = torch.tensor(s)
             label_t[i, : len(l)] = torch.tensor(l)
         return {"input_ids": input_ids, "labels": label_t,
-                "images": torch.stack(pixels) if pixels else None}
+                "images": torch.stack(images) if images else None}

@@ -68,6 +68,7 @@ class RecordSource:
         self.counts = counts if counts is not None else [_count_lines(f) for f in files]
         if sum(self.counts) == 0:
             raise TinyVLMError(f"no records in {files[0].parent}: the dataset is empty")
+        self.parsed: list[Record] | None = None  # a one-file source's records, parsed once for every epoch
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -82,9 +83,18 @@ class RecordSource:
         order = list(range(len(self.files)))
         rng.shuffle(order)
         for i in order:
-            shard = list(iter_jsonl(self.files[i]))  # one shard in memory at a time
+            shard = self._shard(i)
             rng.shuffle(shard)
             yield from shard
+
+    def _shard(self, i: int) -> list[Record]:
+        """Shard i's records, a new list. Several shards are read one at a time (memory stays flat);
+        a single file is parsed once and kept, since every epoch reads it whole again anyway."""
+        if len(self.files) > 1:
+            return list(iter_jsonl(self.files[i]))
+        if self.parsed is None:
+            self.parsed = list(iter_jsonl(self.files[0]))
+        return list(self.parsed)
 
     def head(self, n: int) -> list[Record]:
         """The first n records in file order (for evaluation and quick looks)."""

@@ -33,7 +33,6 @@ from ..api import TinyVLM
 from ..checkpoint import cpu_state, read_json
 from ..data.batches import describe_prompt
 from ..data.dataset import open_records
-from ..data.images import to_tensor
 from ..errors import MAX_COUNT, TinyVLMError, check_range, check_seed
 from ..generate import Sampling, stream
 from ..model import IGNORE
@@ -186,7 +185,7 @@ class ExplainerTrainer(Trainer):
         self.val_src, self.skip = self._validation_source()
         from ..data.batches import Collator
         self.collate = Collator(self.vlm.tokenizer, self.vlm.cfg, self.vlm.image_fit)
-        self.broken, self.reported = {}, set()
+        self.broken, self.reported, self.read = {}, set(), set()
         self.vlm.model.eval().requires_grad_(False)
         if (self.out / WEIGHTS_DIR / STATE).is_file():
             raise TinyVLMError(f"{self.out} already holds an explainer: choose another --out, or remove it")
@@ -228,7 +227,7 @@ class ExplainerStage(Stage):
         """The loss over records, each reading one layer at some of its locations."""
         t, e = self.trainer, self.trainer.ecfg
         vlm = t.vlm
-        pixels = torch.stack([to_tensor(t.collate.images.get(r.images[0])) for r in records]).to(t.device)
+        pixels = t.collate.pixels([r.images[0] for r in records]).to(t.device)
         with torch.no_grad():
             feats = layer_features(vlm, pixels)  # per layer (N, P, C)
         P = feats[0].shape[1]

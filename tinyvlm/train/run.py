@@ -78,6 +78,7 @@ class Trainer:
         self.vlm.training = cfg.comparable()  # saved beside the weights (training.json), for the model card
         self.collate = Collator(self.vlm.tokenizer, self.vlm.cfg, cfg.image_fit)
         self.broken: dict[str, str] = {}  # picture -> why it cannot be read (each decoded once more at most)
+        self.read: set[str] = set()  # the pictures read once already: every epoch asks again, and they are fine
         self.reported: set[str] = set()   # the broken pictures metrics.jsonl already names
 
     # --- setup ---------------------------------------------------------------------------------
@@ -144,9 +145,12 @@ class Trainer:
         """(picture, why) for the first of the record's pictures that cannot be read, else None.
         Reading goes through the collator's cache, so a good picture is decoded once as before."""
         for path in record.images:
+            if path in self.read:
+                continue
             if path not in self.broken:
                 try:
                     self.collate.images.get(path)
+                    self.read.add(path)
                     continue
                 except (TinyVLMError, Image.DecompressionBombError) as e:
                     self.broken[path] = str(e)

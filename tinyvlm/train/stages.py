@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,7 +21,6 @@ from tqdm import tqdm
 from ..checkpoint import RUN_CHECKPOINT, cpu_state, read_json
 from ..concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
 from ..data.batches import TASKS, Example, record_to_example
-from ..data.images import to_tensor
 from ..data.records import Record
 from .loop import STATE, Records, Stage, Stream, optimizer
 
@@ -29,6 +28,31 @@ if TYPE_CHECKING:
     from .run import Trainer
 
 CONCEPT_STAGE, CONCEPT_WEIGHTS = "concepts", "encoder_and_head.safetensors"  # RUN/concepts/: the first stage
+ENCODED_BYTES = 512 * 2**20  # what the frozen encoder's kept outputs may take (EncoderCache)
+
+
+class EncoderCache:
+    """The frozen encoder's output per picture, computed the first time a picture comes and read
+    back after. Exact: with the encoder frozen, in eval mode (batch-norm statistics fixed, no
+    dropout) and without augmentation, a picture's encoding never changes, yet it was the larger
+    half of a demo step's forward (docs/speed.md). Bounded in bytes: past `max_bytes` the first
+    pictures stay and the rest are encoded each time (in a fixed epoch order, keeping the first
+    ones beats replacing the oldest, which would never be hit)."""
+
+    def __init__(self, encoder: torch.nn.Module, max_bytes: int = ENCODED_BYTES):
+        self.encoder, self.room, self.store = encoder, max_bytes, {}
+
+    @torch.no_grad()
+    def __call__(self, paths: list[str], pixels: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """Pictures (their files) -> (N, 1 + patches, vit_width). `pixels` gives the model input
+        (n, 3, H, W) of the pictures not kept yet, so those alone are read and preprocessed."""
+        new = [i for i, p in enumerate(paths) if p not in self.store]
+        fresh = dict(zip(new, self.encoder(pixels([paths[i] for i in new])))) if new else {}
+        for i, e in fresh.items():
+            if self.room > 0 and paths[i] not in self.store:
+                self.store[paths[i]] = e.clone()  # not a view that would keep the whole batch alive
+                self.room -= e.numel() * e.element_size()
+        return torch.stack([fresh[i] if i in fresh else self.store[p] for i, p in enumerate(paths)])
 
 
 class EncoderAndHead(torch.nn.Module):
@@ -79,8 +103,7 @@ class ConceptStage(Stage):
         return not usable(record) or super().skips(record)
 
     def pixels(self, records: list[Record]) -> torch.Tensor:
-        t = self.trainer
-        return torch.stack([to_tensor(t.collate.images.get(r.images[0])) for r in records]).to(t.device)
+        return self.trainer.collate.pixels([r.images[0] for r in records]).to(self.trainer.device)
 
     def scores(self, records: list[Record], net: torch.nn.Module | None = None) -> torch.Tensor:
         with self.trainer.autocast():
@@ -137,6 +160,10 @@ class VLMStage(Stage):
             self.best_val = state["best_val"]
             self.icl_epoch, self.icl_pos = state.get("icl_epoch", 0), state.get("icl_pos", 0)
         self.icl = None  # the episodes' own stream, opened when the loop starts
+        model, cfg = trainer.vlm.model, self.cfg
+        # one process only: with several, the connector would run outside DistributedDataParallel's forward
+        self.encoded = (EncoderCache(model.vision) if cfg.freeze_encoder and not cfg.augment
+                        and not model.reduce.active and not trainer.dist.enabled else None)
         self.val_batches = self._val_examples()
         self.val_icl = self._val_episodes()
 
@@ -192,20 +219,27 @@ class VLMStage(Stage):
                                  rank=dist.rank, world=dist.world)
         return self.icl_stream
 
-    def loss(self, batch: dict, net: torch.nn.Module | None = None) -> torch.Tensor:
+    def loss(self, batch: dict, net: torch.nn.Module | None = None,
+             examples: list[Example] | None = None) -> torch.Tensor:
+        """The batch's loss; given the `examples` it was made from, the frozen encoder's output for
+        their pictures comes from the EncoderCache."""
         device = self.trainer.device
         batch = {k: v.to(device) if v is not None else None for k, v in batch.items()}
+        ids, images, labels = batch["input_ids"], batch["images"], batch["labels"]
+        paths = [p for ex in examples for p in ex.images] if examples is not None else []
         with self.trainer.autocast():
-            _, loss = (net or self.module)(batch["input_ids"], batch["images"], batch["labels"])
-        return loss
+            if self.encoded is not None and paths:
+                encoded = self.encoded(paths, lambda new: self.trainer.collate.pixels(new).to(device))
+                return (net or self.module)(ids, labels=labels, features=list(self.module.connector(encoded)))[1]
+            return (net or self.module)(ids, images, labels)[1]
 
     def forward(self, records: Records, micro: int):
         examples = self.batch_examples(records, self.step)
         aug_rng = None
         if self.cfg.augment:  # fresh draws for each micro-batch and process (the first keeps the seed of a step)
             aug_rng = random.Random(f"aug:{self.cfg.seed}:{self.step}" + (f":{micro}" if micro else ""))
-        batch = self.trainer.collate(examples, aug_rng)
-        return self.loss(batch, self.net), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
+        batch = self.trainer.collate(examples, aug_rng, pixels=self.encoded is None)
+        return self.loss(batch, self.net, examples), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
 
     @torch.no_grad()
     def validate(self) -> dict | None:
@@ -215,7 +249,8 @@ class VLMStage(Stage):
         figures = {}
         for key, batches in (("val_loss", self.val_batches), ("val_icl_loss", self.val_icl)):
             if batches:
-                losses = [self.loss(self.trainer.collate(b)).item() for b in batches]
+                losses = [self.loss(self.trainer.collate(b, pixels=self.encoded is None), examples=b).item()
+                          for b in batches]
                 figures[key] = sum(losses) / len(losses)
         self.train_mode()
         return figures
