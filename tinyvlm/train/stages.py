@@ -103,6 +103,20 @@ class EncoderStage(Stage):
         yield from (self.val[i:i + bs] for i in range(0, len(self.val), bs))
         self.module.train()
 
+    def estimate_steps(self, records: Records) -> int:
+        """How many steps a minutes budget buys, so the stage warms up over a tenth of them at most
+        (not over --warmup steps, which may be all a short stage gets): times training passes
+        without updating the weights (batch-norm statistics move a little, as in VLMStage)."""
+        self.train_mode()
+        times = []
+        for _ in range(3):  # the first pass only warms up
+            t0 = time.perf_counter()
+            self.forward(records, 0)[0].backward()
+            times.append(time.perf_counter() - t0)
+        self.module.zero_grad(set_to_none=True)
+        per_step = sum(times[1:]) / 2 * self.cfg.grad_accum * 1.15  # + data loading, eval, saving
+        return max(1, int(self.minutes * 60 / per_step))
+
     def keeps(self, row: dict) -> bool:
         """A later stage's rows stay if that stage has a checkpoint (its own resume trims them);
         else they were written by a run that stopped before saving, and go."""
