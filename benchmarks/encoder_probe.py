@@ -96,7 +96,10 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, multilabel: bool, l2: float = 1
     def closure():
         opt.zero_grad()
         out = layer(z)
-        loss = F.binary_cross_entropy_with_logits(out, y.float()) if multilabel else F.cross_entropy(out, y)
+        # per label summed, so each label is its own logistic regression under the same L2 (a mean over
+        # labels would weaken every rare label's data against the penalty K-fold)
+        loss = (F.binary_cross_entropy_with_logits(out, y.float(), reduction="sum") / len(y) if multilabel
+                else F.cross_entropy(out, y))
         loss = loss + l2 * layer.weight.pow(2).sum()
         loss.backward()
         return loss
