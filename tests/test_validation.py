@@ -94,6 +94,12 @@ CASES = [
     ("train", ["--dropout", NAN], "dropout"),
     ("train", ["--concept-pretrain", "1"], "concept_pretrain"),
     ("train", ["--concept-pretrain", NAN], "concept_pretrain"),
+    ("train", ["--mae", "1"], "mae"),
+    ("train", ["--siglip", NAN], "siglip"),
+    ("train", ["--mae", "0.6", "--siglip", "0.5"], "add up to 1.1"),
+    ("train", ["--mask-ratio", "0"], "mask_ratio"),
+    ("train", ["--mask-ratio", "1"], "mask_ratio"),
+    ("train", ["--mask-ratio", NAN], "mask_ratio"),
     # info: the model config's sizes
     ("info", ["--vocab-size", "0"], "vocab_size"),
     ("info", ["--vocab-size", HUGE], "vocab_size"),

@@ -20,8 +20,9 @@ MARK = "<!-- tinyvlm model card -->"  # the first line: tells tinyvlm's own card
 _RECIPE = (("data", "training data"), ("preset", "preset"), ("steps", "optimizer steps"),
            ("minutes", "budget, minutes"), ("batch_size", "batch size"), ("grad_accum", "gradient accumulation"),
            ("lr", "peak learning rate"), ("warmup", "warmup steps"), ("weight_decay", "weight decay"),
-           ("tasks", "tasks"), ("concept_pretrain", "concept stage, share of the budget"),
-           ("freeze_encoder", "encoder frozen after the concept stage"), ("augment", "augmentation"),
+           ("tasks", "tasks"), ("mae", "MAE stage, share of the budget"), ("mask_ratio", "MAE mask ratio"),
+           ("siglip", "SigLIP stage, share of the budget"), ("concept_pretrain", "concept stage, share of the budget"),
+           ("freeze_encoder", "encoder frozen after its pretraining"), ("augment", "augmentation"),
            ("dtype", "precision"), ("seed", "seed"))
 
 

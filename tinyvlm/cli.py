@@ -316,11 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--" + name, type=typ, dest=dest, help=f"{what} (default: {_train_default(dest)})")
     s.add_argument("--stem", choices=STEMS, help="the image encoder's patch embedding: one linear "
                    "map per patch (patch) or small 3x3 convolutions (conv) (default: the preset's)")
+    s.add_argument("--mae", type=float, metavar="SHARE",
+                   help="first spend this share of the budget on masked-image modelling (MAE: the encoder "
+                        "rebuilds hidden patches; pictures alone), e.g. 0.2 (default: 0, no MAE stage)")
+    s.add_argument("--mask-ratio", type=float, dest="mask_ratio", metavar="R",
+                   help="with --mae: the share of each picture's patches hidden, between 0 and 1 (default: 0.75)")
+    s.add_argument("--siglip", type=float, metavar="SHARE",
+                   help="then spend this share of the budget on picture-caption contrast (SigLIP's sigmoid loss; "
+                        "records with a text), e.g. 0.2 (default: 0, no SigLIP stage)")
     s.add_argument("--concept-pretrain", type=float, dest="concept_pretrain", metavar="SHARE",
-                   help="first spend this share of the budget teaching the image encoder the data's concepts "
+                   help="then spend this share of the budget teaching the image encoder the data's concepts "
                         "(scene graphs or caption words), e.g. 0.2 (default: 0, no concept stage)")
     s.add_argument("--freeze-encoder", action="store_true", default=None, dest="freeze_encoder",
-                   help="with --concept-pretrain: keep the encoder as that stage left it while the VLM "
+                   help="after encoder pretraining: keep the encoder as those stages left it while the VLM "
                         "learns to read it")
     s.add_argument("--tasks", help="comma list of short,long,qa,icl: what picture-book records teach, and icl: "
                    "in-context episodes from --icl-data (default: short,long,qa)")

@@ -66,6 +66,15 @@ class VisionEncoder(nn.Module):
         x = self.ln(x)
         return (x, states + [x], attentions) if trace else x
 
+    def visible(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The encoder over [CLS] and only the patches `keep` (N, K) names (MAE's encoder, He et al.
+        2022: hidden patches are dropped, not replaced) -> (N, 1 + K, vit_width) after the final norm."""
+        x = self.embed(images)
+        x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], keep)], dim=1)
+        for block in self.blocks:
+            x, _, _ = block(x)
+        return self.ln(x)
+
     def reduced(self, images: torch.Tensor, merge: int = 0, keep: int | None = None, scores: bool = False):
         """The encoder with fewer tokens (model/reduce.py). With `merge` r, each block merges r
         tokens between its attention and its MLP (ToMe: bipartite soft matching on the keys, [CLS]

@@ -16,6 +16,11 @@ from ..errors import MAX_COUNT, TinyVLMError, check_range, check_seed
 from ..tokenizer import SPECIALS
 
 
+# The encoder pretraining stages, in the order they run (each stage's folder in the run directory),
+# and the field holding each one's share of the budget.
+PRETRAIN_SHARES = {"mae": "mae", "siglip": "siglip", "concepts": "concept_pretrain"}
+
+
 @dataclass
 class TrainConfig:
     data: str
@@ -43,7 +48,10 @@ class TrainConfig:
     icl_data: str | None = None     # in-context episodes (`tinyvlm data icl`), taught on the "icl" steps
     icl_share: float = 0.5          # with "icl" in tasks: the share of steps that train on episodes
     init: str | None = None         # start from this trained model's weights and tokenizer (fine-tuning)
-    concept_pretrain: float = 0.0   # share of the budget first spent teaching the encoder concepts
+    mae: float = 0.0                # share of the budget first spent on masked-image modelling (MAE)
+    mask_ratio: float = 0.75        # MAE: the share of each picture's patches hidden
+    siglip: float = 0.0             # share of the budget then spent on image-caption contrast (SigLIP)
+    concept_pretrain: float = 0.0   # share of the budget then spent teaching the encoder concepts
     freeze_encoder: bool = False    # then keep that encoder fixed while the VLM learns to read it
     augment: bool = False
     image_fit: str = "pad"
@@ -86,7 +94,13 @@ class TrainConfig:
         check_range("warmup", self.warmup, 0, MAX_COUNT, integer=True, note="optimizer steps")
         check_range("weight_decay", self.weight_decay, 0, 1)
         check_range("grad_clip", self.grad_clip, 0, lo_open=True, note="the gradient's largest L2 norm")
-        check_range("concept_pretrain", self.concept_pretrain, 0, 1, hi_open=True, note="a share of the budget")
+        for name in PRETRAIN_SHARES.values():
+            check_range(name, getattr(self, name), 0, 1, hi_open=True, note="a share of the budget")
+        if self.pretrain_share() >= 1:
+            raise TinyVLMError(f"the encoder pretraining shares add up to {self.pretrain_share():g} of the budget: "
+                               "leave some for the VLM (their sum must be below 1)")
+        check_range("mask_ratio", self.mask_ratio, 0, 1, lo_open=True, hi_open=True,
+                    note="the share of patches MAE hides")
         check_seed("seed", self.seed)
         for name in ("freeze_encoder", "augment", "progress"):
             if not isinstance(getattr(self, name), bool):
@@ -105,17 +119,20 @@ class TrainConfig:
                                "--icl-data DIR (made by `tinyvlm data icl`)")
         if ICL_TASK in self.tasks and self.tasks == (ICL_TASK,) and self.icl_share != 1:
             self.icl_share = 1.0  # nothing else to teach
-        if self.freeze_encoder and not (self.concept_pretrain or self.init):
-            raise TinyVLMError("freeze_encoder keeps the encoder as the concept stage left it, so it needs "
-                               "concept_pretrain > 0 or --init (a from-scratch encoder would stay random)")
-        if self.init is not None and self.concept_pretrain:
+        if self.freeze_encoder and not (self.pretrain_share() or self.init):
+            raise TinyVLMError("freeze_encoder keeps the encoder as its pretraining left it, so it needs "
+                               "concept_pretrain, mae or siglip > 0, or --init (a from-scratch encoder would "
+                               "stay random)")
+        if self.init is not None and self.pretrain_share():
             raise TinyVLMError("--init starts from a trained model, whose encoder has learned already: "
-                               "drop --concept-pretrain")
-        if self.steps is not None and self.concept_pretrain:
-            n = round(self.concept_pretrain * self.steps)
-            if not 1 <= n < self.steps:
-                raise TinyVLMError(f"concept_pretrain {self.concept_pretrain} of {self.steps} steps gives {n} to the concept "
-                                   "stage: each stage needs at least one step")
+                               "drop --mae, --siglip and --concept-pretrain")
+        if self.steps is not None:
+            for stage, (n, _) in self.stage_budgets().items():
+                name = PRETRAIN_SHARES.get(stage)
+                if n < 1 and (name is None or getattr(self, name)):
+                    what = f"{name} {getattr(self, name)}" if name else f"the encoder pretraining shares ({self.pretrain_share():g})"
+                    raise TinyVLMError(f"{what} of {self.steps} steps gives {n} to the {stage} stage: "
+                                       "each stage needs at least one step")
         self.model_config()  # an unknown preset or a geometry that does not fit -> a clear error now, not after loading data
 
     def model_config(self, **more) -> VLMConfig:
@@ -135,13 +152,22 @@ class TrainConfig:
             return False
         return math.floor((step + 1) * self.icl_share) > math.floor(step * self.icl_share)
 
+    def pretrain_share(self) -> float:
+        """The share of the budget the encoder pretraining stages spend together."""
+        return sum(getattr(self, name) for name in PRETRAIN_SHARES.values())
+
     def stage_budgets(self) -> dict[str, tuple[int | None, float | None]]:
-        """(steps, minutes) of each stage: concept_pretrain's share goes to the concept stage."""
-        share = self.concept_pretrain
-        concept_steps = round(share * self.steps) if self.steps else None
-        return {"concepts": (concept_steps, share * self.minutes if self.minutes else None),
-                "vlm": (self.steps - concept_steps if self.steps else None,
-                        (1 - share) * self.minutes if self.minutes else None)}
+        """(steps, minutes) of each stage, in the order they run (PRETRAIN_SHARES, then the VLM):
+        each pretraining stage its share of the budget, the VLM the rest."""
+        out, used = {}, 0
+        for stage, name in PRETRAIN_SHARES.items():
+            share = getattr(self, name)
+            steps = round(share * self.steps) if self.steps else None
+            used += steps or 0
+            out[stage] = (steps, share * self.minutes if self.minutes else None)
+        out["vlm"] = (self.steps - used if self.steps else None,
+                      (1 - self.pretrain_share()) * self.minutes if self.minutes else None)
+        return out
 
     def comparable(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in self.RUNTIME}

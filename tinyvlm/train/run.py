@@ -1,6 +1,7 @@
 """A training run: its data, its model, its folder and its log; the stages take turns in it.
 
-    RUN/concepts/     the concept stage's checkpoint (with --concept-pretrain)
+    RUN/mae/, RUN/siglip/, RUN/concepts/
+                      the encoder pretraining stages' checkpoints (with --mae, --siglip, --concept-pretrain)
     RUN/checkpoint/   the model, with optimizer.safetensors and state.json for resuming
     RUN/metrics.jsonl one row per --log-every steps and per validation
     RUN/loss.png
@@ -27,10 +28,10 @@ from ..data.records import Record
 from ..errors import TinyVLMError
 from ..model import VisionLanguageModel
 from ..tokenizer import Tokenizer
-from .config import TrainConfig, precision
+from .config import PRETRAIN_SHARES, TrainConfig, precision
 from .distributed import Dist, process_group, this_device
 from .loop import LOSS_PNG, METRICS, SKIPPED, STATE, run_stage
-from .stages import CONCEPT_STAGE, ConceptStage, VLMStage
+from .stages import PRETRAIN_STAGES, VLMStage
 
 
 def training_texts(source: RecordSource) -> Iterator[str]:
@@ -60,18 +61,19 @@ class Trainer:
         self.train_src = open_records(cfg.data, "train")
         self.icl_src = open_records(cfg.icl_data, "train") if cfg.icl_data else None
         self.val_src, self.skip = self._validation_source()
-        vlm_state, concept_state = self.out / RUN_CHECKPOINT / STATE, self.out / CONCEPT_STAGE / STATE
+        vlm_state = self.out / RUN_CHECKPOINT / STATE
+        stage_states = [self.out / name / STATE for name in PRETRAIN_STAGES if (self.out / name / STATE).is_file()]
         if resume:
             if vlm_state.is_file():
                 self._check_resumable(read_json(vlm_state))
                 self.vlm = TinyVLM.from_pretrained(vlm_state.parent, device=str(self.device))
-            elif concept_state.is_file():  # stopped in the concept stage: the VLM starts as it would have
-                self._check_resumable(read_json(concept_state))
+            elif stage_states:  # stopped in encoder pretraining: the VLM starts as it would have
+                self._check_resumable(read_json(stage_states[-1]))
                 self._fresh(keep_metrics=True)
             else:
                 raise TinyVLMError(f"nothing to resume in {self.out}: no checkpoint with training state")
         else:
-            if vlm_state.is_file() or concept_state.is_file():
+            if vlm_state.is_file() or stage_states:
                 raise TinyVLMError(f"{self.out} already holds a training run: pass --resume to continue it, "
                                    "or choose another --out")
             self._fresh()
@@ -178,10 +180,12 @@ class Trainer:
         cfg = self.cfg
         if self.dist.is_main:
             print(self.precision + (f", {self.dist.world} processes" if self.dist.enabled else ""), file=sys.stderr)
-        if cfg.concept_pretrain and not (self.out / RUN_CHECKPOINT / STATE).is_file():
-            stage = ConceptStage(self)
-            run_stage(stage)
-            if cfg.freeze_encoder:  # the head reads this encoder as it will stay: keep it, for grounded decoding
+        if not (self.out / RUN_CHECKPOINT / STATE).is_file():  # encoder pretraining, each stage it is given
+            for name, share in PRETRAIN_SHARES.items():  # a finished stage reloads its encoder and moves on
+                if getattr(cfg, share):
+                    stage = PRETRAIN_STAGES[name](self)
+                    run_stage(stage)
+            if cfg.freeze_encoder and cfg.concept_pretrain:  # the head reads this encoder as it will stay: keep it
                 self.vlm.concepts, self.vlm.concept_head = stage.vocab, stage.head.eval().requires_grad_(False)
         run_stage(VLMStage(self))
         if self.dist.is_main:

@@ -1,7 +1,10 @@
-"""The two stages of a run, each what the one loop (loop.py) computes in turn:
+"""The stages of a run, each what the one loop (loop.py) computes in turn:
 
-- ConceptStage (optional, first): the image encoder, with a throwaway ConceptHead, learns which
-  concepts each picture holds (concepts.py), in place inside the VLM. Checkpoint: RUN/concepts/.
+- Encoder pretraining (optional, first, in this order; each an EncoderStage: the image encoder
+  learns in place inside the VLM, with a throwaway head):
+  - MAEStage (--mae): masked-image modelling on the pictures alone (pretrain.py). RUN/mae/.
+  - SigLIPStage (--siglip): pictures against their captions (pretrain.py). RUN/siglip/.
+  - ConceptStage (--concept-pretrain): which concepts each picture holds (concepts.py). RUN/concepts/.
 - VLMStage: the whole model learns to write. Checkpoint: RUN/checkpoint/ (the model itself).
 """
 from __future__ import annotations
@@ -12,7 +15,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,13 +24,17 @@ from tqdm import tqdm
 from ..checkpoint import RUN_CHECKPOINT, cpu_state, read_json
 from ..concepts import ConceptHead, build_vocab, concept_f1, concept_loss, targets, usable
 from ..data.batches import TASKS, Example, record_to_example
+from ..data.images import augment, to_tensor
 from ..data.records import Record
+from ..pretrain import MAE, SigLIP
+from .config import PRETRAIN_SHARES
 from .loop import STATE, Records, Stage, Stream, optimizer
 
 if TYPE_CHECKING:
     from .run import Trainer
 
-CONCEPT_STAGE, CONCEPT_WEIGHTS = "concepts", "encoder_and_head.safetensors"  # RUN/concepts/: the first stage
+CONCEPT_STAGE, CONCEPT_WEIGHTS = "concepts", "encoder_and_head.safetensors"  # RUN/concepts/: the concept stage
+MAE_STAGE, SIGLIP_STAGE = "mae", "siglip"  # RUN/mae/, RUN/siglip/: they hold CONCEPT_WEIGHTS too (encoder.*, then the head's)
 ENCODED_BYTES = 512 * 2**20  # what the frozen encoder's kept outputs may take (EncoderCache)
 
 
@@ -67,50 +74,111 @@ class EncoderAndHead(torch.nn.Module):
         return self.head(self.encoder(pixels))
 
 
-class ConceptStage(Stage):
-    """The encoder and a ConceptHead learn each picture's concepts: per patch for scene graphs,
-    per picture for caption words. Validation: held-out concept loss and F1."""
-    name, tag, loss_key = CONCEPT_STAGE, {"stage": CONCEPT_STAGE}, "concept_loss"
+class EncoderStage(Stage):
+    """A stage that trains the VLM's image encoder, in place, with a throwaway head, before the VLM
+    stage: what a subclass adds is `build` (the module: the encoder as `encoder` + its head), `uses`
+    (which records it learns from) and its loss. Checkpoint: RUN/<name>/ with the module's weights."""
 
     def __init__(self, trainer: "Trainer"):
-        super().__init__(trainer, *trainer.cfg.stage_budgets()["concepts"])
+        super().__init__(trainer, *trainer.cfg.stage_budgets()[self.name])
+        self.tag = {"stage": self.name}
+        self.earlier = tuple(itertools.takewhile(lambda s: s != self.name, PRETRAIN_SHARES))
         self.encoder = trainer.vlm.model.vision
         self.grid = trainer.vlm.cfg.vit_image_size // trainer.vlm.cfg.vit_patch_size
         state_file = self.dir / STATE
-        if state_file.is_file():
-            state = read_json(state_file)
-            self.vocab = state["concepts"]
-            self._build()
+        state = read_json(state_file) if state_file.is_file() else None
+        self.prepare(state)
+        torch.manual_seed(self.cfg.seed)
+        self.module = self.net = self.build()
+        self.opt = optimizer(self.module, self.cfg)
+        if state is not None:
             self.module.load_state_dict(load_file(self.dir / CONCEPT_WEIGHTS, device=str(trainer.device)))
             self.restore(state)
-        else:
-            # built once, by rank 0, and shared: every process must score the same concepts
-            self.vocab = trainer.dist.broadcast_object(build_vocab(trainer.training_records())
-                                                       if trainer.dist.is_main else None)
-            torch.manual_seed(self.cfg.seed)
-            self._build()
-        self.index = {c: i for i, c in enumerate(self.vocab)}
         n = self.cfg.eval_batches * self.cfg.batch_size if trainer.dist.is_main else 0  # rank 0 validates
-        self.val = list(itertools.islice((r for r in trainer.validation_records() if usable(r) and self.readable(r)), n))
+        self.val = list(itertools.islice((r for r in trainer.validation_records() if self.uses(r) and self.readable(r)), n))
 
-    def _build(self):
-        t = self.trainer
-        self.head = ConceptHead(t.vlm.cfg.vit_width, len(self.vocab)).to(t.device)
-        self.module = self.both = self.net = EncoderAndHead(self.encoder, self.head)
-        self.opt = optimizer(self.both, self.cfg)
+    def prepare(self, state: dict | None):
+        """What the head's shape depends on, from the checkpoint's state or made afresh."""
+
+    def build(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def uses(self, record: Record) -> bool:
+        return len(record.images) == 1
 
     def skips(self, record: Record) -> bool:
-        return not usable(record) or super().skips(record)
+        return not self.uses(record) or super().skips(record)
 
-    def pixels(self, records: list[Record]) -> torch.Tensor:
-        return self.trainer.collate.pixels([r.images[0] for r in records]).to(self.trainer.device)
+    def pixels(self, records: list[Record], rngs: list[random.Random] | None = None) -> torch.Tensor:
+        """The records' pictures (N, 3, H, W); with `rngs` (and --augment), each jittered by its own."""
+        t = self.trainer
+        if rngs is None or not self.cfg.augment:
+            return t.collate.pixels([r.images[0] for r in records]).to(t.device)
+        images = [augment(t.collate.images.get(r.images[0]), rng) for r, rng in zip(records, rngs)]
+        return torch.stack([to_tensor(im) for im in images]).to(t.device)
+
+    def next_batch(self, records: Records) -> tuple[list[Record], list[random.Random]]:
+        pairs = list(itertools.islice(records, self.cfg.batch_size))
+        return [r for r, _ in pairs], [rng for _, rng in pairs]
+
+    def held_out(self) -> Iterator[list[Record]]:
+        """The validation records in batches, with the module in eval mode meanwhile."""
+        self.module.eval()
+        bs = self.cfg.batch_size
+        yield from (self.val[i:i + bs] for i in range(0, len(self.val), bs))
+        self.module.train()
+
+    def estimate_steps(self, records: Records) -> int:
+        """How many steps a minutes budget buys, so the stage warms up over a tenth of them at most
+        (not over --warmup steps, which may be all a short stage gets): times training passes
+        without updating the weights (batch-norm statistics move a little, as in VLMStage)."""
+        self.train_mode()
+        times = []
+        for _ in range(3):  # the first pass only warms up
+            t0 = time.perf_counter()
+            self.forward(records, 0)[0].backward()
+            times.append(time.perf_counter() - t0)
+        self.module.zero_grad(set_to_none=True)
+        per_step = sum(times[1:]) / 2 * self.cfg.grad_accum * 1.15  # + data loading, eval, saving
+        return max(1, int(self.minutes * 60 / per_step))
+
+    def keeps(self, row: dict) -> bool:
+        """A later stage's rows stay if that stage has a checkpoint (its own resume trims them);
+        else they were written by a run that stopped before saving, and go."""
+        if row.get("stage") in (*self.earlier, self.name):
+            return super().keeps(row)
+        return (self.trainer.out / (row.get("stage") or RUN_CHECKPOINT) / STATE).is_file()
+
+    def write_weights(self, folder: Path):
+        save_file(cpu_state(self.module), folder / CONCEPT_WEIGHTS)
+
+
+class ConceptStage(EncoderStage):
+    """The encoder and a ConceptHead learn each picture's concepts: per patch for scene graphs,
+    per picture for caption words. Validation: held-out concept loss and F1."""
+    name, loss_key = CONCEPT_STAGE, "concept_loss"
+
+    def prepare(self, state: dict | None):
+        # built once, by rank 0, and shared: every process must score the same concepts
+        t = self.trainer
+        self.vocab = state["concepts"] if state else t.dist.broadcast_object(
+            build_vocab(t.training_records()) if t.dist.is_main else None)
+        self.index = {c: i for i, c in enumerate(self.vocab)}
+
+    def build(self) -> torch.nn.Module:
+        self.head = ConceptHead(self.trainer.vlm.cfg.vit_width, len(self.vocab)).to(self.trainer.device)
+        self.both = EncoderAndHead(self.encoder, self.head)
+        return self.both
+
+    def uses(self, record: Record) -> bool:
+        return usable(record)
 
     def scores(self, records: list[Record], net: torch.nn.Module | None = None) -> torch.Tensor:
         with self.trainer.autocast():
             return (net or self.both)(self.pixels(records))
 
     def forward(self, records: Records, micro: int):
-        batch = [r for r, _ in itertools.islice(records, self.cfg.batch_size)]
+        batch, _ = self.next_batch(records)
         loss = concept_loss(self.scores(batch, self.net), [targets(r, self.index, self.grid) for r in batch])
         return loss, {"images": len(batch)}
 
@@ -119,15 +187,12 @@ class ConceptStage(Stage):
         """Held-out concept loss and F1 (is each concept in the picture?), for the log."""
         if not self.val:
             return None
-        self.both.eval()
-        loss, tp, pred, true, bs = 0.0, 0, 0, 0, self.cfg.batch_size
-        for i in range(0, len(self.val), bs):
-            recs = self.val[i:i + bs]
+        loss, tp, pred, true = 0.0, 0, 0, 0
+        for recs in self.held_out():
             s, tgt = self.scores(recs), [targets(r, self.index, self.grid) for r in recs]
             loss += concept_loss(s, tgt).item() * len(recs)
             a, b, c = concept_f1(s, tgt)
             tp, pred, true = tp + a, pred + b, true + c
-        self.both.train()
         return {"val_concept_loss": loss / len(self.val), "val_concept_f1": 2 * tp / max(1, pred + true)}
 
     def validated(self, figures: dict, last: bool, bar: tqdm):
@@ -135,17 +200,95 @@ class ConceptStage(Stage):
             print(f"concept stage: {self.step} steps, {len(self.vocab)} concepts, held-out concept F1 "
                   f"{figures['val_concept_f1']:.2f}", file=sys.stderr)
 
-    def write_weights(self, folder: Path):
-        save_file(cpu_state(self.both), folder / CONCEPT_WEIGHTS)
-
     def extra_state(self) -> dict:
         return {"concepts": self.vocab}
+
+
+class MAEStage(EncoderStage):
+    """Masked-image modelling on the pictures alone (pretrain.MAE): any single-picture record.
+    Validation: the held-out reconstruction loss, under masks drawn from a fixed seed."""
+    name, loss_key = MAE_STAGE, "mae_loss"
+
+    def build(self) -> torch.nn.Module:
+        t = self.trainer
+        return MAE(self.encoder, t.vlm.cfg, self.cfg.mask_ratio).to(t.device)
+
+    def forward(self, records: Records, micro: int):
+        batch, rngs = self.next_batch(records)
+        with self.trainer.autocast():
+            return self.net(self.pixels(batch, rngs)), {"images": len(batch)}
+
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        if not self.val:
+            return None
+        with torch.random.fork_rng():  # the same masks at every validation; training's draws untouched
+            torch.manual_seed(self.cfg.seed)
+            loss = sum(self.module(self.pixels(recs)).item() * len(recs) for recs in self.held_out())
+        return {"val_mae_loss": loss / len(self.val)}
+
+    def validated(self, figures: dict, last: bool, bar: tqdm):
+        if last and self.cfg.progress:
+            print(f"MAE stage: {self.step} steps, held-out reconstruction loss {figures['val_mae_loss']:.3f} "
+                  f"(1.0: the mean of each patch)", file=sys.stderr)
+
+
+class SigLIPStage(EncoderStage):
+    """Picture-caption contrast (pretrain.SigLIP) on records with a text: a picture-book record's
+    short description, a photo's caption (one of its references, fresh each epoch), else its text.
+    Validation: the held-out loss and how often a picture's best-scoring caption in its batch is
+    its own (top-1; chance is 1 / batch size)."""
+    name, loss_key = SIGLIP_STAGE, "siglip_loss"
+
+    def build(self) -> torch.nn.Module:
+        t = self.trainer
+        return SigLIP(self.encoder, t.vlm.cfg).to(t.device)
+
+    def uses(self, record: Record) -> bool:
+        return super().uses(record) and bool(record.text or record.references)
+
+    def score(self, batch: list[Record], rngs: list[random.Random], net: torch.nn.Module, train: bool = False):
+        """The loss and logits of a batch: each picture against each record's caption (drawn with
+        its rng, which in training also jitters the picture under --augment); pictures that are the
+        same file count as matches (a photo's records may share it)."""
+        tok, device = self.trainer.vlm.tokenizer, self.trainer.device
+        captions = [tok.encode_text(record_to_example(r, rng, ("short",)).target) or [0] for r, rng in zip(batch, rngs)]
+        offsets = torch.tensor([0, *itertools.accumulate(len(c) for c in captions)][:-1], device=device)
+        ids = torch.tensor([i for c in captions for i in c], device=device)
+        paths = [r.images[0] for r in batch]
+        same = torch.tensor([[a == b for b in paths] for a in paths], device=device)
+        with self.trainer.autocast():
+            return net(self.pixels(batch, rngs if train else None), ids, offsets, same)
+
+    def forward(self, records: Records, micro: int):
+        batch, rngs = self.next_batch(records)
+        return self.score(batch, rngs, self.net, train=True)[0], {"images": len(batch)}
+
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        if not self.val:
+            return None
+        loss, right = 0.0, 0
+        for recs in self.held_out():
+            rngs = [random.Random(f"{self.cfg.seed}:val:{i}") for i in range(len(recs))]
+            batch_loss, logits = self.score(recs, rngs, self.module)
+            loss += batch_loss.item() * len(recs)
+            right += (logits.argmax(1) == torch.arange(len(recs), device=logits.device)).sum().item()
+        return {"val_siglip_loss": loss / len(self.val), "val_siglip_top1": right / len(self.val)}
+
+    def validated(self, figures: dict, last: bool, bar: tqdm):
+        if last and self.cfg.progress:
+            print(f"SigLIP stage: {self.step} steps, held-out caption top-1 in a batch of {self.cfg.batch_size}: "
+                  f"{figures['val_siglip_top1']:.2f}", file=sys.stderr)
+
+
+PRETRAIN_STAGES = {MAE_STAGE: MAEStage, SIGLIP_STAGE: SigLIPStage, CONCEPT_STAGE: ConceptStage}  # in PRETRAIN_SHARES' order
 
 
 class VLMStage(Stage):
     """The whole model (or all but a frozen encoder) learns to write each record's text after its
     prompt. Validation: the mean loss over fixed held-out batches."""
-    name, label, earlier = RUN_CHECKPOINT, "vlm", (CONCEPT_STAGE,)
+    name, label, earlier = RUN_CHECKPOINT, "vlm", tuple(PRETRAIN_SHARES)
 
     def __init__(self, trainer: "Trainer"):
         super().__init__(trainer, *trainer.cfg.stage_budgets()["vlm"])
