@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine with Python 3.10+:
-#   make demo   - make picture-book data, train the mini model for 2,400 steps, describe held-out pictures, score them
+#   make demo   - make picture-book data, train the mini model for 2,800 steps, describe held-out pictures, score them
 #   make test   - run the test suite
 PYTHON ?= python3
 VENV := .venv

@@ -30,11 +30,11 @@ DEMO_MODEL = dict(image_size=64, patch_size=16, stem="conv", concept_pretrain=0.
                   dtype="fp32")  # bf16 autocast (auto's choice where the CPU has it natively) gives other figures
 
 
-# 720 concept + 1,680 VLM steps: about 6 minutes of training, so `make demo` takes about 8.5 minutes
-# on 2 AVX2 cores, install included (docs/speed.md: ~0.19 s a concept step, ~0.14 s a VLM step now
-# that the frozen encoder's outputs are kept). The shorter budget costs quality: claim precision
-# 0.75 and hallucination 0.66 at 2,400 steps, 0.81 and 0.36 at 5,200 (17 minutes; docs/speed.md).
-DEMO_STEPS = 2400
+# 840 concept + 1,960 VLM steps: `make demo` on a fresh clone takes about 9 minutes on 2 AVX2 cores,
+# install included (README; docs/speed.md: ~0.19 s a concept step, ~0.11 s a VLM step now that the
+# frozen encoder's outputs are kept). The short budget costs quality against 5,200 steps (17 minutes):
+# claim precision ~0.75 against 0.81, hallucination ~0.6 against 0.36 (docs/speed.md#the-budget).
+DEMO_STEPS = 2800
 
 
 def run_demo(out: str = "runs/demo", steps: int = DEMO_STEPS, preset: str = "mini", n_train: int = 4000,
