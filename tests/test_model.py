@@ -251,6 +251,19 @@ def test_rope_turns_each_channel_pair_as_a_complex_number():
     torch.testing.assert_close(got[:, 0], x[:, 0])
 
 
+def test_decoder_rope_table_equals_the_angles_computed_per_position():
+    """The decoder looks RoPE angles up in a table built once; every lookup is bitwise the angles
+    `rope_angles` computes for those positions, so cached decoding and the exported graph (which
+    computes them) agree."""
+    from tinyvlm.model.transformer import rope_angles
+    m = _model()
+    positions = torch.tensor([[0, 1, 5, m.cfg.lm_max_len - 1]])
+    cos, sin = rope_angles(positions, m.cfg.lm_width // m.cfg.lm_heads, m.cfg.lm_rope_base)
+    assert torch.equal(m.decoder.rope_cos[positions][:, :, None, None], cos)
+    assert torch.equal(m.decoder.rope_sin[positions][:, :, None, None], sin)
+    assert "decoder.rope_cos" not in m.state_dict()  # follows from the config: never saved
+
+
 def test_weighted_cross_entropy_matches_pytorchs_loss_and_gradient():
     """The one-pass loss equals F.cross_entropy weighted per token, value and gradient, also under a
     non-unit upstream gradient; with no targets it is 0."""

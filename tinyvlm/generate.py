@@ -119,7 +119,7 @@ class Token(NamedTuple):
     finish: str | None = None
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as no_grad, and no version counters or view tracking: less per small op
 def stream(model: Backend, prompts: list[list[int]], images: torch.Tensor | None,
            sampling: Sampling = Sampling(), use_cache: bool = True, constraint: Constraint | None = None,
            features: list[torch.Tensor] | None = None) -> Iterator[Token]:
