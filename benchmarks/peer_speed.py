@@ -4,6 +4,7 @@ a matmul peak measured in the same run, and describe latency / throughput with a
     python benchmarks/peer_speed.py --quick                 # mini and base, 64 and 224 px, a few steps
     python benchmarks/peer_speed.py                         # mini, base, large; 64 and 224 px
     python benchmarks/peer_speed.py --presets mini --sizes 64 --no-describe
+    python benchmarks/peer_speed.py --presets mini,base --no-train --reps 15
 
 nanoVLM's model code is imported at run time from ../shared/peers/nanoVLM (never copied here); the
 script says so and exits 0 where it is absent. Both sides are built from random weights at one
@@ -199,6 +200,7 @@ def main():
     p.add_argument("--reps", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-describe", action="store_true")
+    p.add_argument("--no-train", action="store_true", help="describe rows only")
     p.add_argument("--quick", action="store_true", help="mini and base only, fewer steps")
     a = p.parse_args()
     if a.quick:
@@ -211,18 +213,20 @@ def main():
     dtypes = ["fp32"] + (["bf16"] if native_bf16() else [])
     presets, sizes = a.presets.split(","), [int(s) for s in a.sizes.split(",")]
     shuffle = lambda size: a.shuffle_224 if size >= 224 else 1
-    print(f"# training step: batch {a.batch}, {a.text_len} answer tokens, {a.patch_size} px patches, AdamW, "
-          f"{torch.get_num_threads()} thread(s), median of {a.steps} alternating steps")
-    print("# MFU: the FLOPs each side runs (torch.utils.flop_counter) per second, over a 1024^3 matmul's rate "
-          "measured right after each row's steps (peak_GFLOP_s)"
-          + ("" if "bf16" in dtypes else "; bf16 skipped: not native on this CPU (no AVX512-BF16/AMX)") + "\n")
+    if not a.no_train:
+        print(f"# training step: batch {a.batch}, {a.text_len} answer tokens, {a.patch_size} px patches, AdamW, "
+              f"{torch.get_num_threads()} thread(s), median of {a.steps} alternating steps")
+        print("# MFU: the FLOPs each side runs (torch.utils.flop_counter) per second, over a 1024^3 matmul's rate "
+              "measured right after each row's steps (peak_GFLOP_s)"
+              + ("" if "bf16" in dtypes else "; bf16 skipped: not native on this CPU (no AVX512-BF16/AMX)") + "\n")
     rows = []
-    for d in dtypes:
+    for d in ([] if a.no_train else dtypes):
         for size in sizes:
             for pr in presets:
                 rows.append(train_row(peer, pr, size, a.patch_size, shuffle(size), d, a))
                 print(f"  {pr} {size}px {d}: ratio {rows[-1]['ratio']:.2f}", file=sys.stderr, flush=True)
-    print(table(rows, list(rows[0])))
+    if rows:
+        print(table(rows, list(rows[0])))
     if a.no_describe:
         return
     print(f"\n# describe: greedy, {a.new_tokens} new tokens, KV cache, fp32; latency at batch 1 (median of {a.reps}), "
