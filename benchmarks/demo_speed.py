@@ -93,8 +93,8 @@ def main():
         run_stage(stage)
         half = len(ticks) // 2  # the second half: past the first epoch, where the encoder's outputs are kept
         late = (len(ticks) - 1 - half) / (ticks[-1] - ticks[half])
-        stage_time[stage.name] = (time.perf_counter() - t0, {k: clock.spent[k] - before.get(k, 0.0) for k in clock.spent}, late)
-        stage_steps[stage.name] = stage.step
+        stage_time[getattr(stage, "label", stage.name)] = (time.perf_counter() - t0, {k: clock.spent[k] - before.get(k, 0.0) for k in clock.spent}, late)
+        stage_steps[getattr(stage, "label", stage.name)] = stage.step
     import tinyvlm.train.run as run
     run.run_stage = timed_stage
 
