@@ -14,7 +14,8 @@ exact match (teacher-forced argmax of every token of the word and its <|eos|>: w
 writes) and the forced choice between the two bound words (first token). `--init` starts from
 the model's decoder weights, else from scratch; `--tokenizer syllables` swaps the model's
 tokenizer for one trained on the episode text, whose vocabulary holds the
-syllables (tinyvlm.tokenizer.Tokenizer.train, same vocabulary size).
+syllables (tinyvlm.tokenizer.Tokenizer.train, same vocabulary size); `--words one-token` binds
+words that are one token each (the held-out fifth by the same hash), so the copy is only the choice.
 """
 from __future__ import annotations
 
@@ -30,16 +31,28 @@ from tinyvlm.config import VLMConfig
 from tinyvlm.model.decoder import Decoder
 from tinyvlm.model.loss import weighted_cross_entropy
 from tinyvlm.tokenizer import EOS_ID, PAD_ID, Tokenizer
-from tinyvlm.world.icl import QUESTIONS, _balanced, nonsense_word
+from tinyvlm.world.icl import QUESTIONS, _balanced, held_out_word, nonsense_word
 from tinyvlm.world.scene import KINDS
 
 SHOTS = (0, 1, 2, 4, 8)
 
 
-def episode(rng: random.Random, k: int, held_out: bool) -> tuple[list[tuple[str, str]], list[bool]]:
-    """Turns of a text binding episode (k shots, then the query) and which answers are learned."""
+def one_token_words(tok: Tokenizer) -> dict[bool, list[str]]:
+    """The vocabulary's words that are one token each (a space and letters), split into training
+    and held-out ones by the nonsense words' own hash: values for pure associative recall."""
+    out = {False: [], True: []}
+    for i in range(tok.vocab_size):
+        w = tok.decode([i])
+        if w.isalpha() and tok.encode_text(w) == [i] and w not in KINDS:
+            out[held_out_word(w)].append(w)
+    return out
+
+
+def episode(rng: random.Random, k: int, held_out: bool, pool: dict | None = None):
+    """Turns of a text binding episode (k shots, then the query), which answers are learned, and
+    the other bound word. Words are nonsense words, or with `pool` one-token words drawn from it."""
     kinds = rng.sample(sorted(KINDS), 2)
-    words = [nonsense_word(rng, held_out)]
+    words = rng.sample(pool[held_out], 2) if pool else [nonsense_word(rng, held_out)]
     while len(words) < 2:
         w = nonsense_word(rng, held_out)
         words += [w] if w != words[0] else []
@@ -78,7 +91,7 @@ def logits_of(dec: Decoder, ids: torch.Tensor) -> torch.Tensor:
     return dec.head(h)
 
 
-def evaluate(dec: Decoder, tok: Tokenizer, n: int) -> dict:
+def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None) -> dict:
     """Held-out words, the same episodes cut to each shot count: exact match and forced choice."""
     dec.eval()
     out = {}
@@ -87,7 +100,7 @@ def evaluate(dec: Decoder, tok: Tokenizer, n: int) -> dict:
             rng = random.Random(f"icl-copy-eval:{k}")
             exact = choice = 0
             for _ in range(n):
-                turns, _, other = episode(rng, k, held_out=True)
+                turns, _, other = episode(rng, k, True, pool)
                 ids, _ = encode(tok, turns, [True] * (k + 1))
                 true_ans = tok.encode_text(turns[-1][1]) + [EOS_ID]
                 start = len(ids) - len(true_ans)
@@ -122,6 +135,9 @@ def main():
     ap.add_argument("--max-shots", type=int, default=8)
     ap.add_argument("--init", action="store_true", help="start from the model's decoder weights")
     ap.add_argument("--tokenizer", choices=("model", "syllables"), default="model")
+    ap.add_argument("--words", choices=("nonsense", "one-token"), default="nonsense",
+                    help="bind nonsense words, or words of the vocabulary that are one token each (the copy "
+                         "reduced to choosing: associative recall)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
@@ -134,9 +150,11 @@ def main():
         from safetensors.torch import load_file
         sd = load_file(str(Path(a.model, "model.safetensors")))
         dec.load_state_dict({k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")})
+    pool = one_token_words(tok) if a.words == "one-token" else None
     rng = random.Random(f"icl-copy-train:{a.seed}")
-    sample = episode(rng, 4, False)[0]
+    sample = episode(rng, 4, False, pool)[0]
     print(f"# tokenizer {a.tokenizer}: '{sample[1][1]}' -> {len(tok.encode_text(sample[1][1]))} tokens; "
+          f"words {a.words}{f' ({len(pool[False])} + {len(pool[True])} held out)' if pool else ''}; "
           f"init={'model' if a.init else 'scratch'}; lr {a.lr}; batch {a.batch_size}")
     opt = torch.optim.AdamW(dec.parameters(), lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup))
@@ -144,14 +162,14 @@ def main():
     t0, losses = time.time(), []
     for step in range(a.steps + 1):
         if step % a.every == 0:
-            ev = evaluate(dec, tok, a.n)
+            ev = evaluate(dec, tok, a.n, pool)
             loss = sum(losses) / max(1, len(losses))
             print(f"| {step} | {time.time() - t0:.0f} | {loss:.3f} | "
                   + " | ".join(f"{e:.2f} / {c:.2f}" for e, c in ev.values()) + " |", flush=True)
             losses = []
         if step == a.steps:
             break
-        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False)[:2]) for _ in range(a.batch_size)])
+        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool)[:2]) for _ in range(a.batch_size)])
         h, _ = dec(dec.tok(ids[:, :-1]), torch.arange(ids.shape[1] - 1)[None].expand(ids.shape[0], -1))
         keep = w[:, 1:] > 0
         loss = weighted_cross_entropy(dec.head(h[keep]), ids[:, 1:][keep], w[:, 1:][keep]) / keep.sum()
