@@ -6,6 +6,9 @@ key, write the word after it), minus the pictures, so it bounds what the picture
 the same number of steps.
 
     python benchmarks/icl_copy.py --model runs/mini [--steps 1500] [--init] [--tokenizer syllables]
+                                  [--words one-token] [--lr 1e-3] [--batch-size 16]
+
+Measured figures and what they bound: docs/icl.md, "The copy without pictures".
 
 Trains mini's decoder (the model's config) on 2-way episodes of 1-8 shots, with the loss on the
 answers the earlier shots determine (as tinyvlm/world/icl.py marks them), and prints, every
@@ -13,8 +16,7 @@ answers the earlier shots determine (as tinyvlm/world/icl.py marks them), and pr
 exact match (teacher-forced argmax of every token of the word and its <|eos|>: what greedy decoding
 writes) and the forced choice between the two bound words (first token). `--init` starts from
 the model's decoder weights, else from scratch; `--tokenizer syllables` swaps the model's
-tokenizer for one trained on the episode text, whose vocabulary holds the
-syllables (tinyvlm.tokenizer.Tokenizer.train, same vocabulary size); `--words one-token` binds
+tokenizer for one trained on the episode text, whose vocabulary holds the syllables (tinyvlm.tokenizer.Tokenizer.train, same vocabulary size); `--words one-token` binds
 words that are one token each (the held-out fifth by the same hash), so the copy is only the choice.
 """
 from __future__ import annotations
