@@ -93,8 +93,8 @@ def logits_of(dec: Decoder, ids: torch.Tensor) -> torch.Tensor:
     return dec.head(h)
 
 
-def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None) -> dict:
-    """Held-out words, the same episodes cut to each shot count: exact match and forced choice."""
+def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None, held_out: bool = True) -> dict:
+    """Held-out words (or training ones), the same episodes cut to each shot count: exact match and forced choice."""
     dec.eval()
     out = {}
     with torch.no_grad():
@@ -102,7 +102,7 @@ def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None) -> dict:
             rng = random.Random(f"icl-copy-eval:{k}")
             exact = choice = 0
             for _ in range(n):
-                turns, _, other = episode(rng, k, True, pool)
+                turns, _, other = episode(rng, k, held_out, pool)
                 ids, _ = encode(tok, turns, [True] * (k + 1))
                 true_ans = tok.encode_text(turns[-1][1]) + [EOS_ID]
                 start = len(ids) - len(true_ans)
@@ -140,6 +140,9 @@ def main():
     ap.add_argument("--words", choices=("nonsense", "one-token"), default="nonsense",
                     help="bind nonsense words, or words of the vocabulary that are one token each (the copy "
                          "reduced to choosing: associative recall)")
+    ap.add_argument("--eval-training-words", action="store_true",
+                    help="score on the training words (fresh episodes) instead of held-out ones: is a "
+                         "failure on held-out words a failure to copy, or words learned in the weights?")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
@@ -164,7 +167,7 @@ def main():
     t0, losses = time.time(), []
     for step in range(a.steps + 1):
         if step % a.every == 0:
-            ev = evaluate(dec, tok, a.n, pool)
+            ev = evaluate(dec, tok, a.n, pool, not a.eval_training_words)
             loss = sum(losses) / max(1, len(losses))
             print(f"| {step} | {time.time() - t0:.0f} | {loss:.3f} | "
                   + " | ".join(f"{e:.2f} / {c:.2f}" for e, c in ev.values()) + " |", flush=True)
