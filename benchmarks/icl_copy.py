@@ -1,0 +1,190 @@
+"""Can a decoder learn to copy an invented name from its context, with no pictures at all? Binding
+episodes in text: each shot names a kind in words ("What is this? cat") and answers with a
+nonsense word bound to that kind for this episode only; the query names one of the two kinds again.
+This is the copy that picture binding needs (an induction head: find the earlier shot with the same
+key, write the word after it), minus the pictures, so it bounds what the picture version can do in
+the same number of steps.
+
+    python benchmarks/icl_copy.py --model runs/mini [--steps 1500] [--init] [--tokenizer syllables]
+                                  [--words one-token] [--lr 1e-3] [--batch-size 16]
+
+Measured figures and what they bound: docs/icl.md, "The copy without pictures".
+
+Trains mini's decoder (the model's config) on 2-way episodes of 1-8 shots, with the loss on the
+answers the earlier shots determine (as tinyvlm/world/icl.py marks them), and prints, every
+--every steps, on held-out words (tinyvlm.world.icl's held-out fifth) at 0/1/2/4/8 shots:
+exact match (teacher-forced argmax of every token of the word and its <|eos|>: what greedy decoding
+writes) and the forced choice between the two bound words (first token). `--init` starts from
+the model's decoder weights, else from scratch; `--tokenizer syllables` swaps the model's
+tokenizer for one trained on the episode text, whose vocabulary holds the syllables (tinyvlm.tokenizer.Tokenizer.train, same vocabulary size); `--words one-token` binds
+words that are one token each (the held-out fifth by the same hash), so the copy is only the choice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from tinyvlm.config import VLMConfig
+from tinyvlm.model.decoder import Decoder
+from tinyvlm.model.loss import weighted_cross_entropy
+from tinyvlm.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from tinyvlm.world.icl import QUESTIONS, _balanced, held_out_word, nonsense_word
+from tinyvlm.world.scene import KINDS
+
+SHOTS = (0, 1, 2, 4, 8)
+
+
+def one_token_words(tok: Tokenizer) -> dict[bool, list[str]]:
+    """The vocabulary's words that are one token each (a space and letters), split into training
+    and held-out ones by the nonsense words' own hash: values for pure associative recall."""
+    out = {False: [], True: []}
+    for i in range(tok.vocab_size):
+        w = tok.decode([i])
+        if w.isalpha() and tok.encode_text(w) == [i] and w not in KINDS:
+            out[held_out_word(w)].append(w)
+    return out
+
+
+def episode(rng: random.Random, k: int, held_out: bool, pool: dict | None = None):
+    """Turns of a text binding episode (k shots, then the query), which answers are learned, and
+    the other bound word. Words are nonsense words, or with `pool` one-token words drawn from it."""
+    kinds = rng.sample(sorted(KINDS), 2)
+    words = rng.sample(pool[held_out], 2) if pool else [nonsense_word(rng, held_out)]
+    while len(words) < 2:
+        w = nonsense_word(rng, held_out)
+        words += [w] if w != words[0] else []
+    labels, q = _balanced(rng, k), rng.randrange(2)
+    turns = []
+    for c in labels + [q]:
+        turns += [("user", f"{QUESTIONS['binding']} {kinds[c]}"), ("assistant", words[c])]
+    learn = [c in labels[:i] for i, c in enumerate(labels + [q])]
+    return turns, learn, words[1 - q]
+
+
+def encode(tok: Tokenizer, turns, learn) -> tuple[list[int], list[float]]:
+    """ids and a loss weight a token: 1 on the tokens of learned answers (and their <|eos|>)."""
+    enc = tok.encode_conversation(turns, [])
+    weights, answer = [], -1
+    for i, (t, lrn) in enumerate(zip(enc.ids, enc.learn)):
+        if lrn and (i == 0 or not enc.learn[i - 1]):
+            answer += 1
+        weights.append(float(lrn and learn[answer]))
+    return enc.ids, weights
+
+
+def batch(rows):
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), PAD_ID)
+    w = torch.zeros(len(rows), T)
+    for r, (i, ww) in enumerate(rows):
+        ids[r, :len(i)] = torch.tensor(i)
+        w[r, :len(ww)] = torch.tensor(ww)
+    return ids, w
+
+
+def logits_of(dec: Decoder, ids: torch.Tensor) -> torch.Tensor:
+    pos = torch.arange(ids.shape[1])[None].expand_as(ids)
+    h, _ = dec(dec.tok(ids), pos)  # right padding: causal attention never sees it
+    return dec.head(h)
+
+
+def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None, held_out: bool = True) -> dict:
+    """Held-out words (or training ones), the same episodes cut to each shot count: exact match and forced choice."""
+    dec.eval()
+    out = {}
+    with torch.no_grad():
+        for k in SHOTS:
+            rng = random.Random(f"icl-copy-eval:{k}")
+            exact = choice = 0
+            for _ in range(n):
+                turns, _, other = episode(rng, k, held_out, pool)
+                ids, _ = encode(tok, turns, [True] * (k + 1))
+                true_ans = tok.encode_text(turns[-1][1]) + [EOS_ID]
+                start = len(ids) - len(true_ans)
+                lg = logits_of(dec, torch.tensor([ids]))[0]
+                pred = lg[start - 1:len(ids) - 1].argmax(-1).tolist()
+                exact += pred == true_ans
+                first_other = tok.encode_text(other)[0]
+                choice += bool(lg[start - 1, true_ans[0]] > lg[start - 1, first_other])
+            out[k] = (exact / n, choice / n)
+    dec.train()
+    return out
+
+
+def syllable_tokenizer(vocab_size: int) -> Tokenizer:
+    """A BPE trained on the episodes' own text (training words, kinds, question), so its vocabulary
+    holds the syllables: the tokenizer a model trained with its episodes from the start would get."""
+    rng = random.Random("icl-copy-tokenizer")
+    words = [nonsense_word(rng, False) for _ in range(20000)]
+    texts = [" ".join(words[i:i + 50]) for i in range(0, len(words), 50)]
+    return Tokenizer.train(texts + [" ".join(sorted(KINDS)) + " " + QUESTIONS["binding"]] * 50, vocab_size)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, help="a model folder: its decoder config and tokenizer")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--n", type=int, default=100, help="held-out episodes a shot count")
+    ap.add_argument("--max-shots", type=int, default=8)
+    ap.add_argument("--init", action="store_true", help="start from the model's decoder weights")
+    ap.add_argument("--tokenizer", choices=("model", "syllables"), default="model")
+    ap.add_argument("--words", choices=("nonsense", "one-token"), default="nonsense",
+                    help="bind nonsense words, or words of the vocabulary that are one token each (the copy "
+                         "reduced to choosing: associative recall)")
+    ap.add_argument("--eval-training-words", action="store_true",
+                    help="score on the training words (fresh episodes) instead of held-out ones: is a "
+                         "failure on held-out words a failure to copy, or words learned in the weights?")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.manual_seed(a.seed)
+    cfg = VLMConfig.from_dict(json.loads(Path(a.model, "config.json").read_text())["model"])
+    tok = Tokenizer.load(Path(a.model, "tokenizer.json"))
+    if a.tokenizer == "syllables":
+        tok = syllable_tokenizer(cfg.lm_vocab_size)
+    dec = Decoder(cfg)
+    if a.init:
+        from safetensors.torch import load_file
+        sd = load_file(str(Path(a.model, "model.safetensors")))
+        dec.load_state_dict({k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")})
+    pool = one_token_words(tok) if a.words == "one-token" else None
+    rng = random.Random(f"icl-copy-train:{a.seed}")
+    sample = episode(rng, 4, False, pool)[0]
+    print(f"# tokenizer {a.tokenizer}: '{sample[1][1]}' -> {len(tok.encode_text(sample[1][1]))} tokens; "
+          f"words {a.words}{f' ({len(pool[False])} + {len(pool[True])} held out)' if pool else ''}; "
+          f"init={'model' if a.init else 'scratch'}; lr {a.lr}; batch {a.batch_size}")
+    opt = torch.optim.AdamW(dec.parameters(), lr=a.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup))
+    print("| step | seconds | loss | " + " | ".join(f"{k}-shot exact / choice" for k in SHOTS) + " |")
+    t0, losses = time.time(), []
+    for step in range(a.steps + 1):
+        if step % a.every == 0:
+            ev = evaluate(dec, tok, a.n, pool, not a.eval_training_words)
+            loss = sum(losses) / max(1, len(losses))
+            print(f"| {step} | {time.time() - t0:.0f} | {loss:.3f} | "
+                  + " | ".join(f"{e:.2f} / {c:.2f}" for e, c in ev.values()) + " |", flush=True)
+            losses = []
+        if step == a.steps:
+            break
+        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool)[:2]) for _ in range(a.batch_size)])
+        h, _ = dec(dec.tok(ids[:, :-1]), torch.arange(ids.shape[1] - 1)[None].expand(ids.shape[0], -1))
+        keep = w[:, 1:] > 0
+        loss = weighted_cross_entropy(dec.head(h[keep]), ids[:, 1:][keep], w[:, 1:][keep]) / keep.sum()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+
+
+if __name__ == "__main__":
+    main()
