@@ -5,7 +5,9 @@ merging of r tokens per encoder block; both; a trained summariser of K tokens) a
 size: describe latency in ms per image at batch 1 and at batch 16 (random weights, the end of
 text banned, so every setting writes the same number of tokens) and how much of it at batch 16 is
 reading the picture (encode + prefill, what token reduction shortens), training samples/s for the full
-and the summariser model (the recipe's frozen encoder, bf16 autocast where the CPU has it), and,
+and the summariser model (the recipe's frozen encoder, bf16 autocast where the CPU has it; with
+the encoder run each step, and with its output cached as the training loop's EncoderCache gives
+it once every picture is kept), and,
 given trained models at that size, quality on world scenes (tinyvlm.eval.run.evaluate without
 baselines: claim precision, hallucination per thing, VQA accuracy) and, given a captions model and
 its photos (a Flickr8k import), CIDEr on their validation split by the same evaluation with
@@ -79,8 +81,10 @@ def read_call(model, size: int, batch: int):
     return lambda: model.prefill(ids, valid, images)
 
 
-def train_call(model, size: int, batch: int):
-    """One training step with the recipe's frozen encoder (--concept-pretrain --freeze-encoder)."""
+def train_call(model, size: int, batch: int, cached: bool = False):
+    """One training step with the recipe's frozen encoder (--concept-pretrain --freeze-encoder).
+    `cached`: the encoder's output computed once, as the recipe's training reads it back from
+    EncoderCache (train/stages.py) once every picture is kept; otherwise the encoder runs each step."""
     from tinyvlm.model import IGNORE
     from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
     from tinyvlm.train.config import bf16_supported
@@ -94,11 +98,16 @@ def train_call(model, size: int, batch: int):
     labels[:, len(prompt) - 1:-1] = ids[:, len(prompt):]
     images = torch.randn(batch, 3, size, size)
     bf16 = bf16_supported(torch.device("cpu"))
+    with torch.no_grad():
+        encoded = model.vision(images) if cached else None
 
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            model(ids, images, labels)[1].backward()
+            if cached:  # as the training loop feeds EncoderCache's encodings
+                model(ids, labels=labels, features=list(model.connector(encoded)))[1].backward()
+            else:
+                model(ids, images, labels)[1].backward()
         opt.step()
 
     return step
@@ -181,6 +190,7 @@ def table(rows: list[dict]) -> str:
     cols = [("size", "px"), ("name", "setting"), ("tokens", "image tokens"), ("ms_b1", "ms/img b1"),
             ("speedup_b1", "x b1"), ("ms_b16", "ms/img b16"), ("speedup_b16", "x b16"),
             ("read_ms_b16", "of which encode+prefill"), ("train_sps", "train samples/s"),
+            ("train_sps_cached", "train samples/s, encoder cached"),
             ("claim_precision", "claim precision"), ("hallucination", "halluc./thing"), ("vqa", "VQA"),
             ("cider", "Flickr8k CIDEr")]
     fmt = lambda v: "—" if v is None else (f"{v:.3f}" if isinstance(v, float) and v < 10 else
@@ -226,13 +236,16 @@ def main():
             calls[i, "read"] = read_call(model, size, 16)
             if i == 0 or s["summary"]:
                 trains[i] = train_call(model_for(size, a.patch_size, s["summary"]), size, a.train_batch)
+                trains[i, "cached"] = train_call(model_for(size, a.patch_size, s["summary"]), size, a.train_batch,
+                                                 cached=True)
         with torch.no_grad():
             secs = best_times(calls, a.reps)
         step_secs = best_times(trains, a.train_steps)
         for i, s in enumerate(todo):
             row = {"size": size, "name": s["name"], "tokens": s["tokens"], "ms_b1": secs[i, 1] * 1e3,
                    "ms_b16": secs[i, 16] / 16 * 1e3, "read_ms_b16": secs[i, "read"] / 16 * 1e3,
-                   "train_sps": a.train_batch / step_secs[i] if i in trains else None}
+                   "train_sps": a.train_batch / step_secs[i] if i in trains else None,
+                   "train_sps_cached": a.train_batch / step_secs[i, "cached"] if i in trains else None}
             row["speedup_b1"], row["speedup_b16"] = secs[0, 1] / secs[i, 1], secs[0, 16] / secs[i, 16]
             if size == trained and a.data:
                 where = a.summary_model if s["summary"] else a.model
@@ -243,7 +256,7 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
             if s["summary"] and size == trained and a.data and a.budget_model:
-                same = {**rows[first], "name": "all tokens, summary's budget", "train_sps": None}
+                same = {**rows[first], "name": "all tokens, summary's budget", "train_sps": None, "train_sps_cached": None}
                 same.update(quality(a.budget_model, a.data, a.n, 1.0, 0))
                 rows.append(same)
                 print(json.dumps(same), flush=True)
