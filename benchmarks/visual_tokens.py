@@ -5,14 +5,20 @@ merging of r tokens per encoder block; both; a trained summariser of K tokens) a
 size: describe latency in ms per image at batch 1 and at batch 16 (random weights, the end of
 text banned, so every setting writes the same number of tokens) and how much of it at batch 16 is
 reading the picture (encode + prefill, what token reduction shortens), training samples/s for the full
-and the summariser model (the recipe's frozen encoder, bf16 autocast where the CPU has it), and,
+and the summariser model (the recipe's frozen encoder, bf16 autocast where the CPU has it; with
+the encoder run each step, and with its output cached as the training loop's EncoderCache gives
+it once every picture is kept), and,
 given trained models at that size, quality on world scenes (tinyvlm.eval.run.evaluate without
-baselines: claim precision, hallucination per thing, VQA accuracy).
+baselines: claim precision, hallucination per thing, VQA accuracy) and, given a captions model and
+its photos (a Flickr8k import), CIDEr on their validation split by the same evaluation with
+`judge="captions"`, for each training-free setting at that model's size.
 
     OMP_NUM_THREADS=1 python benchmarks/visual_tokens.py --sizes 64,224 \\
         --model runs/red/m --summary-model runs/red/t_sum4 --budget-model runs/red/t_full \\
         --data runs/red/w64s1 --n 100 \\
         --plot docs/images/visual_tokens.png --json runs/red/visual_tokens.json
+    # CIDEr rows: a 128 px Flickr8k model, its size among --sizes
+    ... --sizes 128,224 --summary 4,16 --captions-model runs/flickr/m --captions-data runs/flickr/data
 
 One thread throughout (the machine is shared): ratios within one run are what to compare.
 """
@@ -75,8 +81,10 @@ def read_call(model, size: int, batch: int):
     return lambda: model.prefill(ids, valid, images)
 
 
-def train_call(model, size: int, batch: int):
-    """One training step with the recipe's frozen encoder (--concept-pretrain --freeze-encoder)."""
+def train_call(model, size: int, batch: int, cached: bool = False):
+    """One training step with the recipe's frozen encoder (--concept-pretrain --freeze-encoder).
+    `cached`: the encoder's output computed once, as the recipe's training reads it back from
+    EncoderCache (train/stages.py) once every picture is kept; otherwise the encoder runs each step."""
     from tinyvlm.model import IGNORE
     from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, USER_ID
     from tinyvlm.train.config import bf16_supported
@@ -90,11 +98,16 @@ def train_call(model, size: int, batch: int):
     labels[:, len(prompt) - 1:-1] = ids[:, len(prompt):]
     images = torch.randn(batch, 3, size, size)
     bf16 = bf16_supported(torch.device("cpu"))
+    with torch.no_grad():
+        encoded = model.vision(images) if cached else None
 
     def step():
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            model(ids, images, labels)[1].backward()
+            if cached:  # as the training loop feeds EncoderCache's encodings
+                model(ids, labels=labels, features=list(model.connector(encoded)))[1].backward()
+            else:
+                model(ids, images, labels)[1].backward()
         opt.step()
 
     return step
@@ -114,13 +127,29 @@ def best_times(calls: dict, reps: int) -> dict:
     return best
 
 
-def quality(model_dir: str, data: str, n: int, keep: float, merge: int) -> dict:
+def evaluated(model_dir: str, data: str, n: int, keep: float, merge: int, judge: str = "grounded") -> dict:
+    """The model's run in tinyvlm.eval.run.evaluate, without baselines, at one reduce setting."""
     from tinyvlm.eval.run import EvalConfig, evaluate
-    res = evaluate(EvalConfig(model=model_dir, data=data, n=n, baselines=False, keep_tokens=keep, merge=merge,
-                              progress=False))["runs"]["model"]
+    return evaluate(EvalConfig(model=model_dir, data=data, n=n, judge=judge, baselines=False, keep_tokens=keep,
+                               merge=merge, progress=False))["runs"]["model"]
+
+
+def quality(model_dir: str, data: str, n: int, keep: float, merge: int) -> dict:
+    """World scenes: claim precision and hallucination of the free short descriptions, VQA accuracy."""
+    res = evaluated(model_dir, data, n, keep, merge)
     raw = res["short/free"]["raw"]
     return {"claim_precision": raw["claim_precision"], "hallucination": raw["hallucination_per_thing"],
             "vqa": res["vqa"]["accuracy"], "completion_precision": res["short/complete"]["raw"]["claim_precision"]}
+
+
+def cider(model_dir: str, data: str, n: int, keep: float, merge: int) -> dict:
+    """Captioned photos: CIDEr of the free short captions, by the one captions evaluation."""
+    return {"cider": evaluated(model_dir, data, n, keep, merge, judge="captions")["short/free"]["captions"]["CIDEr"]}
+
+
+def image_size(model_dir: str | None) -> int | None:
+    from tinyvlm.api import TinyVLM
+    return TinyVLM.from_pretrained(model_dir).cfg.vit_image_size if model_dir else None
 
 
 def plot(rows: list[dict], out: str):
@@ -129,12 +158,17 @@ def plot(rows: list[dict], out: str):
     left, right = fig.subplots(1, 2)
     q = [r for r in rows if r.get("claim_precision") is not None]
     for key, marker in (("claim_precision", "o"), ("vqa", "s")):
-        left.scatter([r["speedup_b16"] for r in q], [r[key] for r in q], marker=marker, label=key.replace("_", " "))
+        left.scatter([r["speedup_b16"] for r in q], [r[key] for r in q], marker=marker,
+                     label=f"world {key.replace('_', ' ')} ({q[0]['size']} px)")
+    c = [r for r in rows if r.get("cider") is not None]
+    if c:
+        left.scatter([r["speedup_b16"] for r in c], [r["cider"] for r in c], marker="^",
+                     label=f"Flickr8k CIDEr ({c[0]['size']} px)")
     for r in q:
         left.annotate(r["name"], (r["speedup_b16"], r["claim_precision"]), fontsize=7, xytext=(3, 3),
                       textcoords="offset points")
-    left.set(xlabel="describe speed-up at batch 16 (x all tokens)", ylabel="world seed-1 quality",
-             title=f"quality vs speed, {q[0]['size'] if q else '?'} px, trained mini" if q else "no quality measured")
+    left.set(xlabel="describe speed-up at batch 16 (x all tokens)", ylabel="quality (world seed-1 scenes; Flickr8k val)",
+             title="quality vs speed, trained mini" if q or c else "no quality measured")
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
     for size in sorted({r["size"] for r in rows}):
@@ -156,7 +190,9 @@ def table(rows: list[dict]) -> str:
     cols = [("size", "px"), ("name", "setting"), ("tokens", "image tokens"), ("ms_b1", "ms/img b1"),
             ("speedup_b1", "x b1"), ("ms_b16", "ms/img b16"), ("speedup_b16", "x b16"),
             ("read_ms_b16", "of which encode+prefill"), ("train_sps", "train samples/s"),
-            ("claim_precision", "claim precision"), ("hallucination", "halluc./thing"), ("vqa", "VQA")]
+            ("train_sps_cached", "train samples/s, encoder cached"),
+            ("claim_precision", "claim precision"), ("hallucination", "halluc./thing"), ("vqa", "VQA"),
+            ("cider", "Flickr8k CIDEr")]
     fmt = lambda v: "—" if v is None else (f"{v:.3f}" if isinstance(v, float) and v < 10 else
                                            f"{v:.1f}" if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
@@ -177,14 +213,16 @@ def main():
                    help="an all-token model trained in the summariser's wall-clock budget: a row of its own")
     p.add_argument("--data", help="world seed-1 scenes for quality (tinyvlm data world --seed 1)")
     p.add_argument("--n", type=int, default=100, help="scenes to evaluate")
+    p.add_argument("--captions-model", dest="captions_model",
+                   help="a trained model dir for the CIDEr column (its picture size only; e.g. a Flickr8k model)")
+    p.add_argument("--captions-data", dest="captions_data",
+                   help="captioned photos with a validation split (tinyvlm data import ... --val-fraction)")
+    p.add_argument("--captions-n", dest="captions_n", type=int, default=1000, help="validation photos to caption")
     p.add_argument("--plot", help="write the quality-vs-speed plot here (PNG)")
     p.add_argument("--json", help="write every row here")
     a = p.parse_args()
     torch.set_num_threads(1)
-    trained = None
-    if a.model:
-        from tinyvlm.api import TinyVLM
-        trained = TinyVLM.from_pretrained(a.model).cfg.vit_image_size
+    trained, captioned = image_size(a.model), image_size(a.captions_model) if a.captions_data else None
     from tinyvlm.model.reduce import ReduceConfig
     rows = []
     for size, k in zip((int(s) for s in a.sizes.split(",")), (int(s) for s in a.summary.split(","))):
@@ -198,22 +236,27 @@ def main():
             calls[i, "read"] = read_call(model, size, 16)
             if i == 0 or s["summary"]:
                 trains[i] = train_call(model_for(size, a.patch_size, s["summary"]), size, a.train_batch)
+                trains[i, "cached"] = train_call(model_for(size, a.patch_size, s["summary"]), size, a.train_batch,
+                                                 cached=True)
         with torch.no_grad():
             secs = best_times(calls, a.reps)
         step_secs = best_times(trains, a.train_steps)
         for i, s in enumerate(todo):
             row = {"size": size, "name": s["name"], "tokens": s["tokens"], "ms_b1": secs[i, 1] * 1e3,
                    "ms_b16": secs[i, 16] / 16 * 1e3, "read_ms_b16": secs[i, "read"] / 16 * 1e3,
-                   "train_sps": a.train_batch / step_secs[i] if i in trains else None}
+                   "train_sps": a.train_batch / step_secs[i] if i in trains else None,
+                   "train_sps_cached": a.train_batch / step_secs[i, "cached"] if i in trains else None}
             row["speedup_b1"], row["speedup_b16"] = secs[0, 1] / secs[i, 1], secs[0, 16] / secs[i, 16]
             if size == trained and a.data:
                 where = a.summary_model if s["summary"] else a.model
                 if where:
                     row.update(quality(where, a.data, a.n, s["keep"], s["merge"]))
+            if size == captioned and not s["summary"]:
+                row.update(cider(a.captions_model, a.captions_data, a.captions_n, s["keep"], s["merge"]))
             rows.append(row)
             print(json.dumps(row), flush=True)
             if s["summary"] and size == trained and a.data and a.budget_model:
-                same = {**rows[first], "name": "all tokens, summary's budget", "train_sps": None}
+                same = {**rows[first], "name": "all tokens, summary's budget", "train_sps": None, "train_sps_cached": None}
                 same.update(quality(a.budget_model, a.data, a.n, 1.0, 0))
                 rows.append(same)
                 print(json.dumps(same), flush=True)
