@@ -18,6 +18,11 @@ writes) and the forced choice between the two bound words (first token). `--init
 the model's decoder weights, else from scratch; `--tokenizer syllables` swaps the model's
 tokenizer for one trained on the episode text, whose vocabulary holds the syllables (tinyvlm.tokenizer.Tokenizer.train, same vocabulary size); `--words one-token` binds
 words that are one token each (the held-out fifth by the same hash), so the copy is only the choice.
+`recent` (1+ shots): how often the word it prefers is the last shot's word, whatever the key: a
+model that copies the most recent answer scores 1.0, one that reads the key scores the share of
+queries whose kind is the last shot's (0.48-0.53 on these episodes). `--format plain` drops the
+chat template and the question ("cat dax <|eos|> dog wug <|eos|> cat"): each word follows its key
+directly, the classic induction pattern.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import torch
 from tinyvlm.config import VLMConfig
 from tinyvlm.model.decoder import Decoder
 from tinyvlm.model.loss import weighted_cross_entropy
-from tinyvlm.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from tinyvlm.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from tinyvlm.world.icl import QUESTIONS, _balanced, held_out_word, nonsense_word
 from tinyvlm.world.scene import KINDS
 
@@ -66,8 +71,17 @@ def episode(rng: random.Random, k: int, held_out: bool, pool: dict | None = None
     return turns, learn, words[1 - q]
 
 
-def encode(tok: Tokenizer, turns, learn) -> tuple[list[int], list[float]]:
-    """ids and a loss weight a token: 1 on the tokens of learned answers (and their <|eos|>)."""
+def encode(tok: Tokenizer, turns, learn, plain: bool = False) -> tuple[list[int], list[float]]:
+    """ids and a loss weight a token: 1 on the tokens of learned answers (and their <|eos|>). With
+    `plain`, no chat template and no question: "<|bos|> cat dax <|eos|> dog wug <|eos|> cat", so
+    each answer follows its key directly (the classic induction pattern, key -> next token)."""
+    if plain:
+        ids, weights = [BOS_ID], [0.0]
+        for (_, key), (_, word), lrn in zip(turns[::2], turns[1::2], learn):
+            k, w = tok.encode_text(key[len(QUESTIONS['binding']):]), tok.encode_text(word) + [EOS_ID]
+            ids += k + w
+            weights += [0.0] * len(k) + [float(lrn)] * len(w)
+        return ids, weights
     enc = tok.encode_conversation(turns, [])
     weights, answer = [], -1
     for i, (t, lrn) in enumerate(zip(enc.ids, enc.learn)):
@@ -93,25 +107,29 @@ def logits_of(dec: Decoder, ids: torch.Tensor) -> torch.Tensor:
     return dec.head(h)
 
 
-def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None, held_out: bool = True) -> dict:
+def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None, held_out: bool = True,
+             plain: bool = False) -> dict:
     """Held-out words (or training ones), the same episodes cut to each shot count: exact match and forced choice."""
     dec.eval()
     out = {}
     with torch.no_grad():
         for k in SHOTS:
             rng = random.Random(f"icl-copy-eval:{k}")
-            exact = choice = 0
+            exact = choice = recent = 0
             for _ in range(n):
                 turns, _, other = episode(rng, k, held_out, pool)
-                ids, _ = encode(tok, turns, [True] * (k + 1))
+                ids, _ = encode(tok, turns, [True] * (k + 1), plain)
                 true_ans = tok.encode_text(turns[-1][1]) + [EOS_ID]
                 start = len(ids) - len(true_ans)
                 lg = logits_of(dec, torch.tensor([ids]))[0]
                 pred = lg[start - 1:len(ids) - 1].argmax(-1).tolist()
                 exact += pred == true_ans
                 first_other = tok.encode_text(other)[0]
-                choice += bool(lg[start - 1, true_ans[0]] > lg[start - 1, first_other])
-            out[k] = (exact / n, choice / n)
+                picks_true = bool(lg[start - 1, true_ans[0]] > lg[start - 1, first_other])
+                choice += picks_true
+                if k:  # does it prefer the word of the last shot, whatever the key?
+                    recent += (turns[-1][1] if picks_true else other) == turns[-3][1]
+            out[k] = (exact / n, choice / n, recent / n if k else float("nan"))
     dec.train()
     return out
 
@@ -143,6 +161,8 @@ def main():
     ap.add_argument("--eval-training-words", action="store_true",
                     help="score on the training words (fresh episodes) instead of held-out ones: is a "
                          "failure on held-out words a failure to copy, or words learned in the weights?")
+    ap.add_argument("--format", choices=("chat", "plain"), default="chat",
+                    help="episodes in the chat template, or plain 'key word <|eos|>' text where each word follows its key")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
@@ -163,18 +183,19 @@ def main():
           f"init={'model' if a.init else 'scratch'}; lr {a.lr}; batch {a.batch_size}")
     opt = torch.optim.AdamW(dec.parameters(), lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup))
-    print("| step | seconds | loss | " + " | ".join(f"{k}-shot exact / choice" for k in SHOTS) + " |")
+    print("| step | seconds | loss | " + " | ".join(f"{k}-shot exact / choice / recent" for k in SHOTS) + " |")
     t0, losses = time.time(), []
     for step in range(a.steps + 1):
         if step % a.every == 0:
-            ev = evaluate(dec, tok, a.n, pool, not a.eval_training_words)
+            ev = evaluate(dec, tok, a.n, pool, not a.eval_training_words, a.format == "plain")
             loss = sum(losses) / max(1, len(losses))
             print(f"| {step} | {time.time() - t0:.0f} | {loss:.3f} | "
-                  + " | ".join(f"{e:.2f} / {c:.2f}" for e, c in ev.values()) + " |", flush=True)
+                  + " | ".join(f"{e:.2f} / {c:.2f} / {r:.2f}" for e, c, r in ev.values()) + " |", flush=True)
             losses = []
         if step == a.steps:
             break
-        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool)[:2]) for _ in range(a.batch_size)])
+        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool)[:2], a.format == "plain")
+                        for _ in range(a.batch_size)])
         h, _ = dec(dec.tok(ids[:, :-1]), torch.arange(ids.shape[1] - 1)[None].expand(ids.shape[0], -1))
         keep = w[:, 1:] > 0
         loss = weighted_cross_entropy(dec.head(h[keep]), ids[:, 1:][keep], w[:, 1:][keep]) / keep.sum()
