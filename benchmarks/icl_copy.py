@@ -22,7 +22,8 @@ words that are one token each (the held-out fifth by the same hash), so the copy
 model that copies the most recent answer scores 1.0, one that reads the key scores the share of
 queries whose kind is the last shot's (0.48-0.53 on these episodes). `--format plain` drops the
 chat template and the question ("cat dax <|eos|> dog wug <|eos|> cat"): each word follows its key
-directly, the classic induction pattern.
+directly, the classic induction pattern; `--plain-steps N` trains the first N steps that way, then
+in the chat template (a curriculum), scoring in the chat template throughout.
 """
 from __future__ import annotations
 
@@ -163,6 +164,8 @@ def main():
                          "failure on held-out words a failure to copy, or words learned in the weights?")
     ap.add_argument("--format", choices=("chat", "plain"), default="chat",
                     help="episodes in the chat template, or plain 'key word <|eos|>' text where each word follows its key")
+    ap.add_argument("--plain-steps", type=int, default=0,
+                    help="a curriculum: train the first N steps on plain text, then in --format (scored in --format throughout)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
@@ -194,7 +197,8 @@ def main():
             losses = []
         if step == a.steps:
             break
-        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool)[:2], a.format == "plain")
+        plain = a.format == "plain" or step < a.plain_steps
+        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool)[:2], plain)
                         for _ in range(a.batch_size)])
         h, _ = dec(dec.tok(ids[:, :-1]), torch.arange(ids.shape[1] - 1)[None].expand(ids.shape[0], -1))
         keep = w[:, 1:] > 0
