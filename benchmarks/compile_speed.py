@@ -15,10 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_speed import train_batch  # noqa: E402  (benchmarks/ is the script's directory; the same batch)
 
 
 def main():
@@ -44,20 +49,14 @@ def main():
 
 def run(a):
     from tinyvlm.config import get_preset
-    from tinyvlm.model import IGNORE, VisionLanguageModel
-    from tinyvlm.tokenizer import ASSISTANT_ID, BOS_ID, IMAGE_END_ID, IMAGE_ID, IMAGE_START_ID, SPECIALS, USER_ID
+    from tinyvlm.model import VisionLanguageModel
 
     cfg = get_preset(a.preset, vit_image_size=a.image_size, vit_patch_size=a.patch_size,
                      mp_pixel_shuffle=a.shuffle, lm_vocab_size=4096, dropout=0.0)
     torch.manual_seed(0)
     model = VisionLanguageModel(cfg).train()
-    g = torch.Generator().manual_seed(0)
-    prompt = torch.tensor([BOS_ID, USER_ID, IMAGE_START_ID] + [IMAGE_ID] * cfg.image_tokens + [IMAGE_END_ID, ASSISTANT_ID])
-    text = torch.randint(len(SPECIALS), cfg.lm_vocab_size, (a.batch, a.text_len), generator=g)
-    ids = torch.cat([prompt.expand(a.batch, -1), text], dim=1)
-    labels = torch.full_like(ids, IGNORE)
-    labels[:, len(prompt) - 1:-1] = ids[:, len(prompt):]
-    images = torch.randn(a.batch, 3, a.image_size, a.image_size, generator=g)
+    ids, labels = train_batch(cfg.image_tokens, a.batch, a.text_len, cfg.lm_vocab_size)
+    images = torch.randn(a.batch, 3, a.image_size, a.image_size, generator=torch.Generator().manual_seed(1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     compiled = torch.compile(model)
 

@@ -93,8 +93,9 @@ def main():
         run_stage(stage)
         half = len(ticks) // 2  # the second half: past the first epoch, where the encoder's outputs are kept
         late = (len(ticks) - 1 - half) / (ticks[-1] - ticks[half])
-        stage_time[getattr(stage, "label", stage.name)] = (time.perf_counter() - t0, {k: clock.spent[k] - before.get(k, 0.0) for k in clock.spent}, late)
-        stage_steps[getattr(stage, "label", stage.name)] = stage.step
+        key = stage.label or stage.name  # as the progress bar: the VLM stage's name is its checkpoint folder's
+        stage_time[key] = (time.perf_counter() - t0, {k: clock.spent[k] - before.get(k, 0.0) for k in clock.spent}, late)
+        stage_steps[key] = stage.step
     import tinyvlm.train.run as run
     run.run_stage = timed_stage
 
