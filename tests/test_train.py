@@ -198,3 +198,34 @@ def test_a_model_names_the_tasks_it_was_trained_on_and_warns_on_others(tmp_path,
     assert main(["describe", picture, "--model", str(tmp_path / "run"), "--style", "long"]) == 0
     err = capsys.readouterr().err
     assert err.count("tinyvlm: warning: this model was never trained on LongDesc") == 1 and "Traceback" not in err
+
+
+def test_init_at_another_image_size_resizes_the_learned_positions(tmp_path, shapes):
+    """nano at 32 px (patch 8: a 4x4 grid), then fine-tuned at 64 px (8x8): [CLS] keeps its
+    position, the grid's are interpolated in row-major order, and training runs at the new size."""
+    import torch
+    from tinyvlm.model.vision import resize_positions
+    train(_cfg(tmp_path / "a", shapes, steps=10, save_every=10))
+    small = tmp_path / "a" / "run" / "checkpoint"
+    pos = TinyVLM.from_pretrained(small).model.vision.pos.detach()
+    assert torch.equal(resize_positions(pos, 4), pos)
+
+    ramp = torch.zeros(1, 17, 2)  # channel 0: the patch's row, channel 1: its column
+    ramp[0, 1:, 0], ramp[0, 1:, 1] = torch.arange(16) // 4, torch.arange(16) % 4
+    big = resize_positions(ramp, 8)[0, 1:].reshape(8, 8, 2)
+    assert (big[1:, :, 0] > big[:-1, :, 0]).all() and (big[:, 1:, 1] > big[:, :-1, 1]).all()
+    assert torch.allclose(big[:, 1:, 0], big[:, :-1, 0]) and torch.allclose(big[1:, :, 1], big[:-1, :, 1])
+
+    vlm = train(_cfg(tmp_path / "b", shapes, init=str(small), image_size=64, steps=6, eval_every=3, save_every=3))
+    assert vlm.cfg.vit_image_size == 64 and vlm.model.vision.pos.shape == (1, 65, pos.shape[2])
+    assert [r["step"] for r in _metrics(tmp_path / "b" / "run") if "val_loss" in r] == [3, 6]
+    again = TinyVLM.from_pretrained(tmp_path / "b" / "run")
+    assert again.cfg.vit_image_size == 64 and again.describe(str(shapes.parent / "images/000.png"))
+
+    same = train(_cfg(tmp_path / "c", shapes, init=str(small), image_size=32, steps=1, lr=1e-9, warmup=0))
+    assert torch.allclose(same.model.vision.pos[0, 1:], pos[0, 1:].to(same.model.vision.pos), atol=1e-6)
+
+    with pytest.raises(TinyVLMError, match="image size 36 is not a multiple of patch size 8"):
+        train(_cfg(tmp_path / "d", shapes, init=str(small), image_size=36))
+    with pytest.raises(TinyVLMError, match="has patch-size 8, which its weights fix"):
+        train(_cfg(tmp_path / "e", shapes, init=str(small), image_size=64, patch_size=16))

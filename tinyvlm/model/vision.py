@@ -1,11 +1,14 @@
 """ViT-like image encoder: a patch embedding, a [CLS] token, learned positions, pre-LN blocks."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import VLMConfig
+from ..errors import TinyVLMError
 from .reduce import bipartite_soft_matching, cls_attention, gather_tokens, merge_weighted, size_bias, top_tokens
 from .transformer import Block, attend
 
@@ -30,6 +33,23 @@ class ConvStem(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)  # (N, 3, H, W) -> (N, width, H / patch, W / patch)
+
+
+def resize_positions(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Learned positions for another patch grid: (1, 1 + g*g, C) -> (1, 1 + grid*grid, C).
+    [CLS]'s position is kept; the g x g grid's are resized by bicubic interpolation, as a ViT
+    fine-tuned at a higher resolution does (Dosovitskiy et al. 2021, "An image is worth 16x16
+    words", sec. 3.2; Touvron et al. 2019, FixRes). Why: the patch embedding and the blocks work at
+    any size, so the positions are the only weights tied to the picture's size; a model trained at
+    low resolution, where steps are cheap, can go on at the target one. Same grid: the table as it is."""
+    g = math.isqrt(pos.shape[1] - 1)
+    if g * g != pos.shape[1] - 1:
+        raise TinyVLMError(f"a position table of {pos.shape[1]} rows is not [CLS] and a square patch grid")
+    if grid == g:
+        return pos.clone()
+    table = pos[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, C, g, g)
+    table = F.interpolate(table.float(), size=(grid, grid), mode="bicubic", align_corners=False).to(pos.dtype)
+    return torch.cat([pos[:, :1], table.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1)
 
 
 class VisionEncoder(nn.Module):

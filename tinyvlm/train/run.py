@@ -27,6 +27,7 @@ from ..data.dataset import RecordSource, held_out, open_records
 from ..data.records import Record
 from ..errors import TinyVLMError
 from ..model import VisionLanguageModel
+from ..model.vision import resize_positions
 from ..tokenizer import Tokenizer
 from .config import PRETRAIN_SHARES, TrainConfig, precision
 from .distributed import Dist, process_group, this_device
@@ -131,12 +132,29 @@ class Trainer:
 
     def _init_from(self, path: str) -> TinyVLM:
         """A trained model to fine-tune: its weights, tokenizer and concept head; the run may give it
-        a longer context (rotary positions have no weights) and a new dropout."""
+        a longer context (rotary positions have no weights), a new dropout, and another picture size
+        (the encoder's learned positions are resized to the new patch grid: vision.resize_positions).
+        The encoder's other geometry (patch size, stem, connector) is in its weights: a run that
+        asks for another one is refused in one line."""
         vlm = TinyVLM.from_pretrained(path, device=str(self.device))
-        changes = {k: v for k, v in (("lm_max_len", self.cfg.max_len), ("dropout", self.cfg.dropout)) if v is not None}
+        fixed = {name: getattr(vlm.cfg, TrainConfig.OVERRIDES.get(name, "vit_" + name))
+                 for name in ("patch_size", "stem", "pixel_shuffle", "summary_tokens")}
+        for name, theirs in fixed.items():
+            if getattr(self.cfg, name) is not None and getattr(self.cfg, name) != theirs:
+                raise TinyVLMError(f"--init {path} has {name.replace('_', '-')} {theirs}, which its weights fix: "
+                                   f"drop --{name.replace('_', '-')} {getattr(self.cfg, name)} (only --image-size, "
+                                   "--max-len and --dropout may change)")
+        changes = {k: v for k, v in (("lm_max_len", self.cfg.max_len), ("dropout", self.cfg.dropout),
+                                     ("vit_image_size", self.cfg.image_size)) if v is not None}
         if changes:
+            try:
+                cfg = replace(vlm.cfg, **changes)
+            except TinyVLMError as e:
+                raise TinyVLMError(f"--init {path} cannot change as asked: {e}") from None
             state = vlm.model.state_dict()
-            vlm.model = VisionLanguageModel(replace(vlm.cfg, **changes)).to(self.device)
+            grid = cfg.vit_image_size // cfg.vit_patch_size
+            state["vision.pos"] = resize_positions(state["vision.pos"], grid)
+            vlm.model = VisionLanguageModel(cfg).to(self.device)
             vlm.model.load_state_dict(state)
             vlm.cfg = vlm.model.cfg
         if not self.cfg.freeze_encoder:  # the encoder will change under its concept head: the head would mislead
