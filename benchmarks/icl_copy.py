@@ -7,6 +7,7 @@ the same number of steps.
 
     python benchmarks/icl_copy.py --model runs/mini [--steps 1500] [--init] [--tokenizer syllables]
                                   [--words one-token] [--lr 1e-3] [--batch-size 16]
+                                  [--format plain] [--plain-steps N] [--key first] [--save DIR]
 
 Measured figures and what they bound: docs/icl.md, "The copy without pictures".
 
