@@ -7,6 +7,7 @@ the same number of steps.
 
     python benchmarks/icl_copy.py --model runs/mini [--steps 1500] [--init] [--tokenizer syllables]
                                   [--words one-token] [--lr 1e-3] [--batch-size 16]
+                                  [--format plain] [--plain-steps N] [--key first] [--save DIR]
 
 Measured figures and what they bound: docs/icl.md, "The copy without pictures".
 
@@ -23,7 +24,12 @@ model that copies the most recent answer scores 1.0, one that reads the key scor
 queries whose kind is the last shot's (0.48-0.53 on these episodes). `--format plain` drops the
 chat template and the question ("cat dax <|eos|> dog wug <|eos|> cat"): each word follows its key
 directly, the classic induction pattern; `--plain-steps N` trains the first N steps that way, then
-in the chat template (a curriculum), scoring in the chat template throughout.
+in the chat template (a curriculum), scoring in the chat template throughout. `--key first` puts
+the key before the question ("cat What is this?"), where a picture episode puts its picture
+("<image> What is this?"), so the circuit the decoder learns spans what the picture one must.
+`--save DIR` writes a whole model folder: the --model folder's encoder, connector, tokenizer and
+concept head, with the decoder just trained in place of its own, ready for
+`tinyvlm train --init DIR --freeze-encoder` on picture episodes (docs/icl.md).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from tinyvlm.checkpoint import resolve
 from tinyvlm.config import VLMConfig
 from tinyvlm.model.decoder import Decoder
 from tinyvlm.model.loss import weighted_cross_entropy
@@ -56,9 +63,10 @@ def one_token_words(tok: Tokenizer) -> dict[bool, list[str]]:
     return out
 
 
-def episode(rng: random.Random, k: int, held_out: bool, pool: dict | None = None):
+def episode(rng: random.Random, k: int, held_out: bool, pool: dict | None = None, key_first: bool = False):
     """Turns of a text binding episode (k shots, then the query), which answers are learned, and
-    the other bound word. Words are nonsense words, or with `pool` one-token words drawn from it."""
+    the other bound word. Words are nonsense words, or with `pool` one-token words drawn from it.
+    The key (a kind) follows the question, or with `key_first` comes before it, as a picture does."""
     kinds = rng.sample(sorted(KINDS), 2)
     words = rng.sample(pool[held_out], 2) if pool else [nonsense_word(rng, held_out)]
     while len(words) < 2:
@@ -67,7 +75,8 @@ def episode(rng: random.Random, k: int, held_out: bool, pool: dict | None = None
     labels, q = _balanced(rng, k), rng.randrange(2)
     turns = []
     for c in labels + [q]:
-        turns += [("user", f"{QUESTIONS['binding']} {kinds[c]}"), ("assistant", words[c])]
+        ask = f"{kinds[c]} {QUESTIONS['binding']}" if key_first else f"{QUESTIONS['binding']} {kinds[c]}"
+        turns += [("user", ask), ("assistant", words[c])]
     learn = [c in labels[:i] for i, c in enumerate(labels + [q])]
     return turns, learn, words[1 - q]
 
@@ -79,7 +88,8 @@ def encode(tok: Tokenizer, turns, learn, plain: bool = False) -> tuple[list[int]
     if plain:
         ids, weights = [BOS_ID], [0.0]
         for (_, key), (_, word), lrn in zip(turns[::2], turns[1::2], learn):
-            k, w = tok.encode_text(key[len(QUESTIONS['binding']):]), tok.encode_text(word) + [EOS_ID]
+            k = tok.encode_text(" " + key.replace(QUESTIONS["binding"], "").strip())
+            w = tok.encode_text(word) + [EOS_ID]
             ids += k + w
             weights += [0.0] * len(k) + [float(lrn)] * len(w)
         return ids, weights
@@ -109,7 +119,7 @@ def logits_of(dec: Decoder, ids: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None, held_out: bool = True,
-             plain: bool = False) -> dict:
+             plain: bool = False, key_first: bool = False) -> dict:
     """Held-out words (or training ones), the same episodes cut to each shot count: exact match and forced choice."""
     dec.eval()
     out = {}
@@ -118,7 +128,7 @@ def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None, held_out: 
             rng = random.Random(f"icl-copy-eval:{k}")
             exact = choice = recent = 0
             for _ in range(n):
-                turns, _, other = episode(rng, k, held_out, pool)
+                turns, _, other = episode(rng, k, held_out, pool, key_first)
                 ids, _ = encode(tok, turns, [True] * (k + 1), plain)
                 true_ans = tok.encode_text(turns[-1][1]) + [EOS_ID]
                 start = len(ids) - len(true_ans)
@@ -144,7 +154,7 @@ def syllable_tokenizer(vocab_size: int) -> Tokenizer:
     return Tokenizer.train(texts + [" ".join(sorted(KINDS)) + " " + QUESTIONS["binding"]] * 50, vocab_size)
 
 
-def main():
+def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, help="a model folder: its decoder config and tokenizer")
     ap.add_argument("--steps", type=int, default=1500)
@@ -166,17 +176,24 @@ def main():
                     help="episodes in the chat template, or plain 'key word <|eos|>' text where each word follows its key")
     ap.add_argument("--plain-steps", type=int, default=0,
                     help="a curriculum: train the first N steps on plain text, then in --format (scored in --format throughout)")
+    ap.add_argument("--key", choices=("last", "first"), default="last",
+                    help="in the chat template, the key after the question, or before it (where a picture goes)")
+    ap.add_argument("--save", metavar="DIR",
+                    help="write a model folder: --model's, with the decoder trained here in place of its own")
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    if a.save and (a.tokenizer != "model" or a.words != "nonsense"):
+        ap.error("--save keeps the model's tokenizer and vocabulary: use it with --tokenizer model --words nonsense")
     torch.manual_seed(a.seed)
-    cfg = VLMConfig.from_dict(json.loads(Path(a.model, "config.json").read_text())["model"])
-    tok = Tokenizer.load(Path(a.model, "tokenizer.json"))
+    src = resolve(a.model)  # a model folder, or a training run's latest checkpoint
+    cfg = VLMConfig.from_dict(json.loads(Path(src, "config.json").read_text())["model"])
+    tok = Tokenizer.load(Path(src, "tokenizer.json"))
     if a.tokenizer == "syllables":
         tok = syllable_tokenizer(cfg.lm_vocab_size)
     dec = Decoder(cfg)
     if a.init:
         from safetensors.torch import load_file
-        sd = load_file(str(Path(a.model, "model.safetensors")))
+        sd = load_file(str(Path(src, "model.safetensors")))
         dec.load_state_dict({k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")})
     pool = one_token_words(tok) if a.words == "one-token" else None
     rng = random.Random(f"icl-copy-train:{a.seed}")
@@ -187,10 +204,10 @@ def main():
     opt = torch.optim.AdamW(dec.parameters(), lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup))
     print("| step | seconds | loss | " + " | ".join(f"{k}-shot exact / choice / recent" for k in SHOTS) + " |")
-    t0, losses = time.time(), []
+    t0, losses, key_first = time.time(), [], a.key == "first"
     for step in range(a.steps + 1):
         if step % a.every == 0:
-            ev = evaluate(dec, tok, a.n, pool, not a.eval_training_words, a.format == "plain")
+            ev = evaluate(dec, tok, a.n, pool, not a.eval_training_words, a.format == "plain", key_first)
             loss = sum(losses) / max(1, len(losses))
             print(f"| {step} | {time.time() - t0:.0f} | {loss:.3f} | "
                   + " | ".join(f"{e:.2f} / {c:.2f} / {r:.2f}" for e, c, r in ev.values()) + " |", flush=True)
@@ -198,7 +215,7 @@ def main():
         if step == a.steps:
             break
         plain = a.format == "plain" or step < a.plain_steps
-        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool)[:2], plain)
+        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool, key_first)[:2], plain)
                         for _ in range(a.batch_size)])
         h, _ = dec(dec.tok(ids[:, :-1]), torch.arange(ids.shape[1] - 1)[None].expand(ids.shape[0], -1))
         keep = w[:, 1:] > 0
@@ -209,6 +226,19 @@ def main():
         opt.step()
         sched.step()
         losses.append(loss.item())
+    if a.save:
+        print(f"# saved {save_with_decoder(a.model, dec, a.save)}")
+
+
+def save_with_decoder(model: str, dec: Decoder, out: str) -> Path:
+    """The model folder `model` with `dec` in place of its decoder, written atomically to `out`.
+    Its figures and tasks (the old decoder's) are dropped; encoder, connector, tokenizer and
+    concept head are kept, so picture ICL tuning can start from it with --init and --freeze-encoder."""
+    from tinyvlm import TinyVLM
+    vlm = TinyVLM.from_pretrained(model)
+    vlm.model.decoder.load_state_dict(dec.state_dict())
+    vlm.figures, vlm.training, vlm.tasks = {}, None, None  # all measured or taught with the old decoder
+    return vlm.save_pretrained(out)
 
 
 if __name__ == "__main__":

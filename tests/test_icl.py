@@ -210,3 +210,26 @@ def test_easy_binding_shows_one_picture_a_kind(pictures):
     assert len(pictures_of) == 2 and all(len(p) == 1 for p in pictures_of.values())
     hard = icl.binding(random.Random(1), pictures, 6, held_out=False)
     assert len({s.images for s in hard.support}) == 6
+
+
+def test_icl_copy_saves_a_model_folder_that_picture_tuning_starts_from(trained, tmp_path):
+    """benchmarks/icl_copy.py --save: the source's encoder and connector, its own decoder, and
+    `tinyvlm train --init` takes it; --key first puts the kind where a picture episode puts its picture."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("icl_copy", Path(__file__).parents[1] / "benchmarks" / "icl_copy.py")
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    turns, _, _ = copy.episode(random.Random(0), 2, False, key_first=True)
+    assert turns[0][1].split()[0] in copy.KINDS and turns[0][1].endswith(copy.QUESTIONS["binding"])
+    out = tmp_path / "text"
+    copy.main(["--model", str(trained / "run"), "--steps", "3", "--every", "3", "--n", "2", "--key", "first",
+               "--plain-steps", "1", "--lr", "1e-2", "--save", str(out)])
+    src, new = TinyVLM.from_pretrained(trained / "run"), TinyVLM.from_pretrained(out)
+    a, b = src.model.state_dict(), new.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("decoder."))
+    assert not torch.equal(a["decoder.head.weight"], b["decoder.head.weight"])  # the text-trained decoder
+    assert new.tasks is None and new.tokenizer.to_str() == src.tokenizer.to_str()
+    assert main(["train", "--data", str(trained / "world"), "--icl-data", str(trained / "train"), "--tasks", "icl",
+                 "--icl-share", "1", "--init", str(out), "--out", str(tmp_path / "pic"), "--steps", "2",
+                 "--batch-size", "2", "--quiet"]) == 0
