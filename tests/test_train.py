@@ -200,6 +200,14 @@ def test_a_model_names_the_tasks_it_was_trained_on_and_warns_on_others(tmp_path,
     assert err.count("tinyvlm: warning: this model was never trained on LongDesc") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("grid", [0, -2, 2.5, float("nan"), True])
+def test_resize_positions_refuses_a_grid_that_is_not_a_whole_number_of_patches(grid):
+    import torch
+    from tinyvlm.model.vision import resize_positions
+    with pytest.raises(TinyVLMError, match="grid must be a whole number >= 1"):
+        resize_positions(torch.zeros(1, 17, 4), grid)
+
+
 def test_init_at_another_image_size_resizes_the_learned_positions(tmp_path, shapes):
     """nano at 32 px (patch 8: a 4x4 grid), then fine-tuned at 64 px (8x8): [CLS] keeps its
     position, the grid's are interpolated in row-major order, and training runs at the new size."""
