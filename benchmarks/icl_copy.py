@@ -29,7 +29,8 @@ the key before the question ("cat What is this?"), where a picture episode puts 
 ("<image> What is this?"), so the circuit the decoder learns spans what the picture one must.
 `--save DIR` writes a whole model folder: the --model folder's encoder, connector, tokenizer and
 concept head, with the decoder just trained in place of its own, ready for
-`tinyvlm train --init DIR --freeze-encoder` on picture episodes (docs/icl.md).
+`tinyvlm train --init DIR --freeze-encoder` on picture episodes (docs/icl.md). A DIR tinyvlm may
+not replace (other files in it, a file, the --model folder itself) is refused before training.
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ from pathlib import Path
 
 import torch
 
-from tinyvlm.checkpoint import resolve
+from tinyvlm.checkpoint import check_model_dir, resolve
 from tinyvlm.config import VLMConfig
+from tinyvlm.errors import TinyVLMError
 from tinyvlm.model.decoder import Decoder
 from tinyvlm.model.loss import weighted_cross_entropy
 from tinyvlm.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
@@ -186,6 +188,10 @@ def main(argv: list[str] | None = None):
         ap.error("--save keeps the model's tokenizer and vocabulary: use it with --tokenizer model --words nonsense")
     torch.manual_seed(a.seed)
     src = resolve(a.model)  # a model folder, or a training run's latest checkpoint
+    if a.save:  # refused before training, not after it
+        if Path(a.save).resolve() in (Path(a.model).resolve(), Path(src).resolve()):
+            raise TinyVLMError(f"--save {a.save} is the --model folder it reads: choose a new folder")
+        check_model_dir(a.save)
     cfg = VLMConfig.from_dict(json.loads(Path(src, "config.json").read_text())["model"])
     tok = Tokenizer.load(Path(src, "tokenizer.json"))
     if a.tokenizer == "syllables":
@@ -242,4 +248,7 @@ def save_with_decoder(model: str, dec: Decoder, out: str) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TinyVLMError as e:
+        raise SystemExit(f"icl_copy: {e}")

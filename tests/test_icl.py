@@ -215,11 +215,7 @@ def test_easy_binding_shows_one_picture_a_kind(pictures):
 def test_icl_copy_saves_a_model_folder_that_picture_tuning_starts_from(trained, tmp_path):
     """benchmarks/icl_copy.py --save: the source's encoder and connector, its own decoder, and
     `tinyvlm train --init` takes it; --key first puts the kind where a picture episode puts its picture."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("icl_copy", Path(__file__).parents[1] / "benchmarks" / "icl_copy.py")
-    copy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(copy)
+    copy = _icl_copy()
     turns, _, _ = copy.episode(random.Random(0), 2, False, key_first=True)
     assert turns[0][1].split()[0] in copy.KINDS and turns[0][1].endswith(copy.QUESTIONS["binding"])
     out = tmp_path / "text"
@@ -233,3 +229,29 @@ def test_icl_copy_saves_a_model_folder_that_picture_tuning_starts_from(trained, 
     assert main(["train", "--data", str(trained / "world"), "--icl-data", str(trained / "train"), "--tasks", "icl",
                  "--icl-share", "1", "--init", str(out), "--out", str(tmp_path / "pic"), "--steps", "2",
                  "--batch-size", "2", "--quiet"]) == 0
+
+
+def _icl_copy():
+    """benchmarks/icl_copy.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("icl_copy", Path(__file__).parents[1] / "benchmarks" / "icl_copy.py")
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    return copy
+
+
+def test_icl_copy_refuses_a_save_folder_before_training(trained, tmp_path, monkeypatch):
+    """--save into a folder of someone else's files, onto a file, or onto the --model it reads is
+    refused before any training (which could be hours), and nothing there is touched."""
+    copy = _icl_copy()
+    monkeypatch.setattr(copy, "evaluate", lambda *a: pytest.fail("trained before refusing --save"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    (tmp_path / "a.txt").write_text("keep")
+    for out in (mine, tmp_path / "a.txt", trained / "run", trained / "run" / "checkpoint"):
+        with pytest.raises(TinyVLMError, match="not a tinyvlm model|the --model folder"):
+            copy.main(["--model", str(trained / "run"), "--steps", "1", "--save", str(out)])
+    assert (mine / "notes.txt").read_text() == "keep" and (tmp_path / "a.txt").read_text() == "keep"
+    assert TinyVLM.from_pretrained(trained / "run").tokenizer is not None

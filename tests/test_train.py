@@ -200,6 +200,26 @@ def test_a_model_names_the_tasks_it_was_trained_on_and_warns_on_others(tmp_path,
     assert err.count("tinyvlm: warning: this model was never trained on LongDesc") == 1 and "Traceback" not in err
 
 
+def test_init_at_another_image_size_drops_the_concept_head_a_frozen_encoder_kept(tmp_path, shapes):
+    """--freeze-encoder keeps the concept head of an --init model only where the encoder it read is
+    unchanged: at another size its positions are resized, so the head goes (as when it trains)."""
+    train(_cfg(tmp_path / "a", shapes, steps=4, concept_pretrain=0.5, freeze_encoder=True, eval_every=4, save_every=4))
+    src = tmp_path / "a" / "run" / "checkpoint"
+    assert TinyVLM.from_pretrained(src).concept_head is not None
+    same = train(_cfg(tmp_path / "b", shapes, init=str(src), image_size=32, freeze_encoder=True, steps=1))
+    assert same.concept_head is not None
+    big = train(_cfg(tmp_path / "c", shapes, init=str(src), image_size=64, freeze_encoder=True, steps=1))
+    assert big.concept_head is None and TinyVLM.from_pretrained(tmp_path / "c" / "run").concept_head is None
+
+
+@pytest.mark.parametrize("grid", [0, -2, 2.5, float("nan"), True])
+def test_resize_positions_refuses_a_grid_that_is_not_a_whole_number_of_patches(grid):
+    import torch
+    from tinyvlm.model.vision import resize_positions
+    with pytest.raises(TinyVLMError, match="grid must be a whole number >= 1"):
+        resize_positions(torch.zeros(1, 17, 4), grid)
+
+
 def test_init_at_another_image_size_resizes_the_learned_positions(tmp_path, shapes):
     """nano at 32 px (patch 8: a 4x4 grid), then fine-tuned at 64 px (8x8): [CLS] keeps its
     position, the grid's are interpolated in row-major order, and training runs at the new size."""

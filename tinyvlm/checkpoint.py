@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 from .card import CARD, MARK, TRAINING
 from .errors import TinyVLMError
-from .files import atomic_dir as _atomic_dir, owned_names
+from .files import atomic_dir as _atomic_dir, owned_names, refuse_foreign
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 CONCEPT_HEAD = "concept_head.safetensors"  # only beside an encoder frozen since its concept stage
@@ -36,14 +36,24 @@ def atomic_dir(path: str | os.PathLike, also: Iterable[str] = ()) -> Iterator[Pa
     RUN_FILES, `also`), a config.json that is not tinyvlm's, or a README.md that is not tinyvlm's
     model card (unless `also` names it: the caller writes its own)."""
     path, also = Path(path), tuple(also)
+    check_model_dir(path, also)
+    with _atomic_dir(path, owned_names((*MODEL_FILES, *RUN_FILES, *also)), "a tinyvlm model") as tmp:
+        yield tmp
+
+
+def check_model_dir(path: str | os.PathLike, also: Iterable[str] = ()) -> None:
+    """Raise the TinyVLMError `atomic_dir(path, also)` would, without writing anything. Why: a
+    caller that saves after a long computation asks first, so a refused folder costs no work."""
+    path, also = Path(path), tuple(also)
     if (path / CONFIG).is_file() and not _is_tinyvlm_config(path / CONFIG):
         raise TinyVLMError(f"{path} holds a {CONFIG} that is not a tinyvlm model's: tinyvlm will not "
                            f"replace it; choose an empty or new folder")
     if CARD not in also and (path / CARD).is_file() and not _is_tinyvlm_card(path / CARD):
         raise TinyVLMError(f"{path} holds a {CARD} that tinyvlm did not write: tinyvlm will not replace it; "
                            "choose an empty or new folder")
-    with _atomic_dir(path, owned_names((*MODEL_FILES, *RUN_FILES, *also)), "a tinyvlm model") as tmp:
-        yield tmp
+    owned = owned_names((*MODEL_FILES, *RUN_FILES, *also))
+    for folder in (path, path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
+        refuse_foreign(folder, owned, "a tinyvlm model")
 
 
 def _is_tinyvlm_card(path: Path) -> bool:

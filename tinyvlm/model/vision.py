@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import VLMConfig
-from ..errors import TinyVLMError
+from ..errors import TinyVLMError, check_range
 from .reduce import bipartite_soft_matching, cls_attention, gather_tokens, merge_weighted, size_bias, top_tokens
 from .transformer import Block, attend
 
@@ -41,7 +41,9 @@ def resize_positions(pos: torch.Tensor, grid: int) -> torch.Tensor:
     fine-tuned at a higher resolution does (Dosovitskiy et al. 2021, "An image is worth 16x16
     words", sec. 3.2; Touvron et al. 2019, FixRes). Why: the patch embedding and the blocks work at
     any size, so the positions are the only weights tied to the picture's size; a model trained at
-    low resolution, where steps are cheap, can go on at the target one. Same grid: the table as it is."""
+    low resolution, where steps are cheap, can go on at the target one. Same grid: the table as it is.
+    Raises TinyVLMError for a grid that is not a whole number >= 1 or a table that is not square."""
+    check_range("grid", grid, 1, integer=True, note="patches a side")
     g = math.isqrt(pos.shape[1] - 1)
     if g * g != pos.shape[1] - 1:
         raise TinyVLMError(f"a position table of {pos.shape[1]} rows is not [CLS] and a square patch grid")

@@ -135,8 +135,10 @@ class Trainer:
         a longer context (rotary positions have no weights), a new dropout, and another picture size
         (the encoder's learned positions are resized to the new patch grid: vision.resize_positions).
         The encoder's other geometry (patch size, stem, connector) is in its weights: a run that
-        asks for another one is refused in one line."""
+        asks for another one is refused in one line. The concept head is kept only with
+        --freeze-encoder at the same size: it reads the encoder as it stays (docs/training.md)."""
         vlm = TinyVLM.from_pretrained(path, device=str(self.device))
+        resized = self.cfg.image_size not in (None, vlm.cfg.vit_image_size)
         fixed = {name: getattr(vlm.cfg, TrainConfig.OVERRIDES.get(name, "vit_" + name))
                  for name in ("patch_size", "stem", "pixel_shuffle", "summary_tokens")}
         for name, theirs in fixed.items():
@@ -157,7 +159,9 @@ class Trainer:
             vlm.model = VisionLanguageModel(cfg).to(self.device)
             vlm.model.load_state_dict(state)
             vlm.cfg = vlm.model.cfg
-        if not self.cfg.freeze_encoder:  # the encoder will change under its concept head: the head would mislead
+        # the encoder will change under its concept head (training, or positions resized): the head would
+        # mislead (docs/training.md: a 64-px head read at 128 px, concept F1 0.61 -> 0.49)
+        if not self.cfg.freeze_encoder or resized:
             vlm.concepts, vlm.concept_head, vlm.concept_plugin = None, None, None
         return vlm
 
