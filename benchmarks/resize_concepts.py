@@ -18,8 +18,6 @@ from tinyvlm import TinyVLM
 from tinyvlm.concepts import concept_f1, targets
 from tinyvlm.data.dataset import open_records
 from tinyvlm.errors import TinyVLMError
-from tinyvlm.model.vision import resize_positions
-from tinyvlm.model.vlm import VisionLanguageModel
 
 
 def main(argv=None):
@@ -39,15 +37,13 @@ def main(argv=None):
             seen.add(r.images[0])
             records.append(r)
     index = {c: i for i, c in enumerate(vlm.concepts)}
-    state = vlm.model.state_dict()
+    trained = vlm.model
     print(f"# {a.model}, trained at {vlm.cfg.vit_image_size} px; {len(records)} pictures of {a.data}")
     print("| size | grid | true positives | predicted | actual | F1 |\n|---|---|---|---|---|---|")
     for size in (int(s) for s in a.sizes.split(",")):
         cfg = replace(vlm.cfg, vit_image_size=size)  # refuses a size the patch does not divide
         grid = size // cfg.vit_patch_size
-        resized = {**state, "vision.pos": resize_positions(state["vision.pos"], grid)}
-        vlm.model = VisionLanguageModel(cfg).eval()
-        vlm.model.load_state_dict(resized)
+        vlm.model = trained.reconfigured(cfg).eval()
         vlm.cfg = cfg
         tp = pred = true = 0
         with torch.no_grad():

@@ -27,7 +27,7 @@ from .decoder import Decoder
 from .loss import weighted_cross_entropy
 from .reduce import ReduceConfig, group_scores, image_token_count, prune
 from .transformer import KV
-from .vision import VisionEncoder
+from .vision import VisionEncoder, resize_positions
 
 
 @dataclass
@@ -203,6 +203,16 @@ class VisionLanguageModel(nn.Module):
         h, _, states, att = self.decoder(self.embed(input_ids, features=features), positions,
                                          attention_mask(torch.ones_like(input_ids, dtype=torch.bool), T), trace=True)
         return Trace(self.decoder.head(h), states, att, v_states, v_att, input_ids == IMAGE_ID)
+
+    def reconfigured(self, cfg: VLMConfig) -> "VisionLanguageModel":
+        """A new model with these weights under `cfg`: a longer context or another dropout as they are,
+        another picture size with the encoder's learned positions resized to its patch grid
+        (vision.resize_positions). Raises TinyVLMError where the weights do not fit `cfg`."""
+        state = self.state_dict()
+        state["vision.pos"] = resize_positions(state["vision.pos"], cfg.vit_image_size // cfg.vit_patch_size)
+        model = VisionLanguageModel(cfg).to(self.vision.pos.device)
+        model.load_state_dict(state)
+        return model
 
     def num_params(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())

@@ -27,7 +27,6 @@ from ..data.dataset import RecordSource, held_out, open_records
 from ..data.records import Record
 from ..errors import TinyVLMError
 from ..model import VisionLanguageModel
-from ..model.vision import resize_positions
 from ..tokenizer import Tokenizer
 from .config import PRETRAIN_SHARES, TrainConfig, precision
 from .distributed import Dist, process_group, this_device
@@ -133,7 +132,7 @@ class Trainer:
     def _init_from(self, path: str) -> TinyVLM:
         """A trained model to fine-tune: its weights, tokenizer and concept head; the run may give it
         a longer context (rotary positions have no weights), a new dropout, and another picture size
-        (the encoder's learned positions are resized to the new patch grid: vision.resize_positions).
+        (the encoder's learned positions are resized to the new patch grid: VisionLanguageModel.reconfigured).
         The encoder's other geometry (patch size, stem, connector) is in its weights: a run that
         asks for another one is refused in one line. The concept head is kept only with
         --freeze-encoder at the same size: it reads the encoder as it stays (docs/training.md)."""
@@ -153,11 +152,7 @@ class Trainer:
                 cfg = replace(vlm.cfg, **changes)
             except TinyVLMError as e:
                 raise TinyVLMError(f"--init {path} cannot change as asked: {e}") from None
-            state = vlm.model.state_dict()
-            grid = cfg.vit_image_size // cfg.vit_patch_size
-            state["vision.pos"] = resize_positions(state["vision.pos"], grid)
-            vlm.model = VisionLanguageModel(cfg).to(self.device)
-            vlm.model.load_state_dict(state)
+            vlm.model = vlm.model.reconfigured(cfg)
             vlm.cfg = vlm.model.cfg
         # the encoder will change under its concept head (training, or positions resized): the head would
         # mislead (docs/training.md: a 64-px head read at 128 px, concept F1 0.61 -> 0.49)
