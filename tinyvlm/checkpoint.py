@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 from .card import CARD, MARK, TRAINING
 from .errors import TinyVLMError
-from .files import atomic_dir as _atomic_dir, owned_names, refuse_foreign
+from .files import atomic_dir as _atomic_dir, check_replaceable, owned_names
 
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
 CONCEPT_HEAD = "concept_head.safetensors"  # only beside an encoder frozen since its concept stage
@@ -51,9 +51,7 @@ def check_model_dir(path: str | os.PathLike, also: Iterable[str] = ()) -> None:
     if CARD not in also and (path / CARD).is_file() and not _is_tinyvlm_card(path / CARD):
         raise TinyVLMError(f"{path} holds a {CARD} that tinyvlm did not write: tinyvlm will not replace it; "
                            "choose an empty or new folder")
-    owned = owned_names((*MODEL_FILES, *RUN_FILES, *also))
-    for folder in (path, path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")):
-        refuse_foreign(folder, owned, "a tinyvlm model")
+    check_replaceable(path, owned_names((*MODEL_FILES, *RUN_FILES, *also)), "a tinyvlm model")
 
 
 def _is_tinyvlm_card(path: Path) -> bool:

@@ -76,6 +76,14 @@ def refuse_foreign(folder: Path, owned: Owned, what: str) -> None:
                            f"replace it; choose an empty or new folder")
 
 
+def check_replaceable(path: str | os.PathLike, owned: Owned, what: str) -> None:
+    """Raise the TinyVLMError atomic_dir(path, owned, what) would before writing: `path`, or the
+    `.tmp`/`.old` siblings an interrupted write leaves (deleted only if all ours), holds other files."""
+    path = Path(path)
+    for folder in (path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old"), path):
+        refuse_foreign(folder, owned, what)
+
+
 def remove_owned(folder: Path, owned: Owned) -> None:
     """Delete only the files in `folder` that `owned` names (then the folder, if that left it empty)."""
     if not folder.is_dir():
@@ -95,9 +103,7 @@ def atomic_dir(path: str | os.PathLike, owned: Owned, what: str) -> Iterator[Pat
     TinyVLMError names what is there. An interrupted swap leaves the previous folder as PATH.old."""
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    for leftover in (tmp, old):  # an interrupted write's; delete only if it is all ours
-        refuse_foreign(leftover, owned, what)
-    refuse_foreign(path, owned, what)  # before the work, so a refusal costs nothing
+    check_replaceable(path, owned, what)  # before the work, so a refusal costs nothing
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
