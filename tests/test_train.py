@@ -142,6 +142,88 @@ def test_augmentation_is_drawn_afresh_for_each_micro_batch(tmp_path, shapes, mon
     assert len(draws) == 6 and len(set(draws)) == 6, draws
 
 
+def _painted():
+    """A 32 px picture of saturated red, green and blue stripes on white (grey has no hue to turn)."""
+    import numpy as np
+    from PIL import Image
+    a = np.full((32, 32, 3), 255, np.uint8)
+    a[4:12, 4:28], a[12:20, 4:28], a[20:28, 4:28] = (220, 30, 30), (30, 200, 40), (30, 40, 220)
+    return Image.fromarray(a)
+
+
+def test_names_colour_reads_words_not_substrings():
+    from tinyvlm.data.images import names_colour
+    assert names_colour("What colour are the balls? purple")
+    assert names_colour("A man in a Red shirt.") and names_colour("two grey cats") and names_colour("a blond boy")
+    assert not names_colour("How many balls are there? two")
+    assert not names_colour("A redhead reads; the bluest sky")  # a colour word inside another word is not one
+
+
+def test_colour_augment_never_touches_a_picture_whose_text_names_a_colour():
+    """--augment colour: a text naming a colour gets exactly the light jitter (same draws, same
+    pixels); a text naming none gets its hue turned too; both are seeded."""
+    import random
+
+    import numpy as np
+
+    from tinyvlm.data.images import augment
+    img = _painted()
+    px = lambda im: np.asarray(im).astype(int)  # noqa: E731
+    for seed in range(5):
+        light = px(augment(img, random.Random(seed)))
+        assert (px(augment(img, random.Random(seed), "colour", "a red ball and a blue kite")) == light).all()
+        turned = px(augment(img, random.Random(seed), "colour", "How many balls are there? two"))
+        assert (turned == px(augment(img, random.Random(seed), "colour", "two balls"))).all()  # seeded
+        assert np.abs(turned - light).max() > 40, seed  # the stripes changed colour, not just a little
+        grey = light.max(-1) - light.min(-1) < 8  # the white page stays as it is (it has no hue)
+        assert grey.sum() > 100 and np.abs(turned - light)[grey].max() <= 12
+    assert (px(augment(img, random.Random(0), "colour")) != px(augment(img, random.Random(1), "colour"))).any()
+
+
+def test_augment_modes_in_the_config_and_on_the_command_line(tmp_path):
+    """True (old runs' training.json) means light and resumes as light; a bare --augment is light."""
+    from tinyvlm.cli import build_parser
+    assert _cfg(tmp_path, "d", augment=True).augment == "light"
+    assert _cfg(tmp_path, "d", augment="colour").augment == "colour"
+    _cfg(tmp_path, "d", augment="light").check_resumable({**_cfg(tmp_path, "d", augment=True).comparable(), "augment": True})
+    with pytest.raises(TinyVLMError, match="augment was 'light', now 'colour'"):
+        _cfg(tmp_path, "d", augment="colour").check_resumable(_cfg(tmp_path, "d", augment=True).comparable())
+    with pytest.raises(TinyVLMError, match="augment must be"):
+        _cfg(tmp_path, "d", augment="strong")
+    parse = lambda *a: build_parser().parse_args(["train", "--data", "d", "--out", "o", "--steps", "1", *a])  # noqa: E731
+    assert parse("--augment").augment == "light" and parse("--augment", "colour").augment == "colour"
+    assert parse().augment is None
+
+
+def test_colour_augment_reads_each_picture_with_its_text_in_every_stage(tmp_path, monkeypatch):
+    """The VLM and SigLIP stages hand augment the text each picture is read with; MAE none."""
+    from tinyvlm.data import batches
+    from tinyvlm.train import stages
+    seen = []
+
+    def spy(real):
+        def augment(img, rng, mode="light", text=""):
+            seen.append((real.__module__, mode, text))
+            return real(img, rng, mode, text)
+        return augment
+
+    monkeypatch.setattr(batches, "augment", spy(batches.augment))
+    monkeypatch.setattr(stages, "augment", spy(stages.augment))
+    pictures = make_shapes_dataset(tmp_path / "p", n=8, seed=0)
+    data = pictures.parent / "mixed.jsonl"  # half the captions name a colour, half none
+    rows = [json.loads(l) for l in pictures.read_text().splitlines()]
+    for r in rows[::2]:
+        r["text"] = "a thing on a page."
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train(_cfg(tmp_path, data, steps=6, batch_size=4, mae=0.34, siglip=0.34, augment="colour", eval_every=100))
+    assert {m for _, m, _ in seen} == {"colour"}
+    texts = [t for _, _, t in seen]
+    assert "" in texts  # MAE: the picture alone
+    assert any("a thing on a page." == t for t in texts)  # SigLIP: the caption
+    assert any("Describe the picture." in t and "a thing on a page." in t for t in texts)  # VLM: the turns
+    assert any(t.endswith("on a white page.") and "Describe" in t for t in texts)
+
+
 def test_the_concept_stage_accumulates_micro_batches(tmp_path, shapes):
     """--grad-accum 2 in the concept stage: each step reads two micro-batches of records."""
     make_shapes_dataset(tmp_path / "val", n=8, seed=1)

@@ -339,8 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", metavar="MODEL",
                    help="start from this trained model's weights and tokenizer, e.g. to teach it episodes "
                         "(default: none, a new model)")
-    s.add_argument("--augment", action="store_true", default=None,
-                   help="jitter each training picture a little (scale, shift, brightness; never flipped)")
+    from .data.images import AUGMENTS
+    s.add_argument("--augment", nargs="?", const="light", choices=AUGMENTS, default=None, metavar="MODE",
+                   help="jitter each training picture: light (the mode a bare --augment means: small scale, shift "
+                        "and brightness; never flipped), or colour (light, and hue and saturation too where the "
+                        "text the picture is read with names no colour) (default: off)")
     s.add_argument("--image-fit", dest="image_fit", choices=["pad", "crop"],
                    help="how a picture that is not square becomes one (default: pad)")
     s.add_argument("--dtype", choices=["auto", "fp32", "bf16"],

@@ -139,8 +139,10 @@ class Collator:
         return torch.stack([to_tensor(self.images.get(p)) for p in paths])
 
     def __call__(self, examples: list[Example], rng: random.Random | None = None,
-                 pixels: bool = True) -> dict[str, torch.Tensor]:
-        """With `pixels` False, "images" is None: the caller has the pictures' encodings already."""
+                 pixels: bool = True, augment_mode: str = "light") -> dict[str, torch.Tensor]:
+        """With `rng`, each picture is jittered (images.augment, in `augment_mode`, read with its
+        example's text). With `pixels` False, "images" is None: the caller has the pictures'
+        encodings already."""
         seqs, labels, images = [], [], []
         for ex in examples:
             enc = self.tok.encode_conversation(ex.turns(), [self.image_tokens] * len(ex.images))
@@ -155,9 +157,10 @@ class Collator:
                 ids, learn = ids[: self.cfg.lm_max_len + 1], learn[: self.cfg.lm_max_len + 1]
             seqs.append(ids[:-1])
             labels.append([t if keep else IGNORE for t, keep in zip(ids[1:], learn[1:])])
+            text = " ".join(t for _, t in ex.turns()) if rng is not None else ""
             for p in ex.images if pixels else ():
                 img = self.images.get(p)
-                images.append(to_tensor(augment(img, rng) if rng is not None else img))
+                images.append(to_tensor(augment(img, rng, augment_mode, text) if rng is not None else img))
         T = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), T), PAD_ID, dtype=torch.long)
         label_t = torch.full((len(seqs), T), IGNORE, dtype=torch.long)

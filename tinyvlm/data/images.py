@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import TinyVLMError
+from ..text import words
 
 Fit = Literal["pad", "crop"]
 MEAN, STD = 0.5, 0.5  # maps [0, 1] to [-1, 1]; we train from scratch, so ImageNet stats buy nothing
@@ -134,16 +135,49 @@ def fit_square(img: Image.Image, size: int, fit: Fit = "pad") -> Image.Image:
     return canvas
 
 
-def augment(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Light, meaning-preserving jitter: small scale/shift and brightness. No flips: the captions
-    say 'left of' and 'right of', and a flip would make them false."""
+# Words that name a colour, for `augment`'s rule "jitter colour only where the text names none":
+# Berlin & Kay's eleven basic colour terms of English (Basic Color Terms, 1969), their spellings
+# and plurals, the words that ask for or describe colour, and the other colours common in
+# Flickr8k's captions. An English language fact, not a dataset's: the core keeps it.
+COLOUR_WORDS = frozenset("""
+    black white red green yellow blue brown orange pink purple grey gray
+    blacks whites reds greens yellows blues browns oranges pinks purples greys grays
+    colour color colours colors coloured colored colourful colorful multicoloured multicolored
+    blond blonde blondes gold golden silver tan beige khaki maroon violet navy turquoise teal
+    lavender crimson scarlet cream rainbow camouflage
+""".split())
+AUGMENTS = ("light", "colour")  # --augment MODE; bare --augment is light
+
+
+def names_colour(text: str) -> bool:
+    """Does `text` name a colour (any word of COLOUR_WORDS, case and punctuation ignored)?"""
+    return not COLOUR_WORDS.isdisjoint(words(text))
+
+
+def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str = "") -> Image.Image:
+    """Meaning-preserving jitter, drawn from `rng`: small scale/shift and brightness. No flips: the
+    captions say 'left of' and 'right of', and a flip would make them false.
+
+    `mode="colour"` (--augment colour) also rotates the hue by a uniform draw of the whole circle
+    and scales the saturation by 0.6-1.4 (SimCLR's colour distortion, Chen et al. 2020, without
+    its greyscale draw), so that what the encoder learns about a thing holds across its colours;
+    but only when `text`, what the picture is read with this time (the caption, the question and
+    answer, the conversation; "" for none), names no colour (`names_colour`): "a red ball" stays
+    red. Grey, black and white stay as they are (no saturation to rotate). Otherwise the draws
+    and the result are exactly those of the light jitter."""
     w, h = img.size
     s = rng.uniform(0.9, 1.0)
     cw, ch = int(w * s), int(h * s)
     x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
     img = img.crop((x, y, x + cw, y + ch)).resize((w, h), Image.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) * rng.uniform(0.9, 1.1)
-    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+    img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+    if mode == "colour" and not names_colour(text):
+        hsv = np.asarray(img.convert("HSV"), dtype=np.float32)
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(0, 256)) % 256
+        hsv[..., 1] *= rng.uniform(0.6, 1.4)
+        img = Image.fromarray(hsv.clip(0, 255).astype(np.uint8), "HSV").convert("RGB")
+    return img
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 
 from ..config import LIMITS, VLMConfig, get_preset
 from ..data.batches import ICL_TASK, TASKS
-from ..data.images import Fit
+from ..data.images import AUGMENTS, Fit
 from ..errors import MAX_COUNT, TinyVLMError, check_range, check_seed
 from ..tokenizer import SPECIALS
 
@@ -53,7 +53,7 @@ class TrainConfig:
     siglip: float = 0.0             # share of the budget then spent on image-caption contrast (SigLIP)
     concept_pretrain: float = 0.0   # share of the budget then spent teaching the encoder concepts
     freeze_encoder: bool = False    # then keep that encoder fixed while the VLM learns to read it
-    augment: bool = False
+    augment: bool | str = False     # False, "light" (True means it: old runs) or "colour" (data/images.augment)
     image_fit: str = "pad"
     dtype: str = "auto"             # auto | fp32 | bf16
     device: str = "auto"
@@ -102,9 +102,10 @@ class TrainConfig:
         check_range("mask_ratio", self.mask_ratio, 0, 1, lo_open=True, hi_open=True,
                     note="the share of patches MAE hides")
         check_seed("seed", self.seed)
-        for name in ("freeze_encoder", "augment", "progress"):
+        for name in ("freeze_encoder", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TinyVLMError(f"{name} must be true or false; got {getattr(self, name)!r}")
+        self.augment = augment_mode(self.augment)
         if self.image_fit not in get_args(Fit):
             raise TinyVLMError(f"unknown image_fit '{self.image_fit}': use {' or '.join(get_args(Fit))}")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -176,11 +177,22 @@ class TrainConfig:
         """Refuse to resume a run saved with a different config (fields added since count as their
         default)."""
         defaults, now = {f.name: f.default for f in fields(self)}, self.comparable()
+        saved = {**saved, **({"augment": augment_mode(saved["augment"])} if "augment" in saved else {})}
         diff = [k for k in sorted(now) if saved.get(k, defaults.get(k)) != now[k]
                 and not (k == "tasks" and tuple(saved.get(k, ())) == now[k])]
         if diff:
             raise TinyVLMError("cannot resume with a different config: " +
                                ", ".join(f"{k} was {saved.get(k, defaults.get(k))!r}, now {now[k]!r}" for k in diff))
+
+
+def augment_mode(value) -> bool | str:
+    """--augment's value as a run keeps it: False (off), "light" or "colour". True, what runs
+    saved before the modes existed, is "light"; anything else is one clear error."""
+    if value is True:
+        return "light"
+    if value is False or value in AUGMENTS:
+        return value
+    raise TinyVLMError(f"augment must be false, true (light) or one of {', '.join(AUGMENTS)}; got {value!r}")
 
 
 def bf16_supported(device: torch.device) -> bool:

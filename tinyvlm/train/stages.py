@@ -109,12 +109,15 @@ class EncoderStage(Stage):
     def skips(self, record: Record) -> bool:
         return not self.uses(record) or super().skips(record)
 
-    def pixels(self, records: list[Record], rngs: list[random.Random] | None = None) -> torch.Tensor:
-        """The records' pictures (N, 3, H, W); with `rngs` (and --augment), each jittered by its own."""
+    def pixels(self, records: list[Record], rngs: list[random.Random] | None = None,
+               texts: list[str] | None = None) -> torch.Tensor:
+        """The records' pictures (N, 3, H, W); with `rngs` (and --augment), each jittered by its own,
+        read with its text of `texts` (None: the pictures are read alone, as in MAE)."""
         t = self.trainer
         if rngs is None or not self.cfg.augment:
             return t.collate.pixels([r.images[0] for r in records]).to(t.device)
-        images = [augment(t.collate.images.get(r.images[0]), rng) for r, rng in zip(records, rngs)]
+        images = [augment(t.collate.images.get(r.images[0]), rng, self.cfg.augment, text)
+                  for r, rng, text in zip(records, rngs, texts or [""] * len(records))]
         return torch.stack([to_tensor(im) for im in images]).to(t.device)
 
     def next_batch(self, records: Records) -> tuple[list[Record], list[random.Random]]:
@@ -252,13 +255,14 @@ class SigLIPStage(EncoderStage):
         its rng, which in training also jitters the picture under --augment); pictures that are the
         same file count as matches (a photo's records may share it)."""
         tok, device = self.trainer.vlm.tokenizer, self.trainer.device
-        captions = [tok.encode_text(record_to_example(r, rng, ("short",)).target) or [0] for r, rng in zip(batch, rngs)]
+        texts = [record_to_example(r, rng, ("short",)).target for r, rng in zip(batch, rngs)]
+        captions = [tok.encode_text(text) or [0] for text in texts]
         offsets = torch.tensor([0, *itertools.accumulate(len(c) for c in captions)][:-1], device=device)
         ids = torch.tensor([i for c in captions for i in c], device=device)
         paths = [r.images[0] for r in batch]
         same = torch.tensor([[a == b for b in paths] for a in paths], device=device)
         with self.trainer.autocast():
-            return net(self.pixels(batch, rngs if train else None), ids, offsets, same)
+            return net(self.pixels(batch, rngs if train else None, texts), ids, offsets, same)
 
     def forward(self, records: Records, micro: int):
         batch, rngs = self.next_batch(records)
@@ -381,7 +385,7 @@ class VLMStage(Stage):
         aug_rng = None
         if self.cfg.augment:  # fresh draws for each micro-batch and process (the first keeps the seed of a step)
             aug_rng = random.Random(f"aug:{self.cfg.seed}:{self.step}" + (f":{micro}" if micro else ""))
-        batch = self.trainer.collate(examples, aug_rng, pixels=self.encoded is None)
+        batch = self.trainer.collate(examples, aug_rng, pixels=self.encoded is None, augment_mode=self.cfg.augment)
         return self.loss(batch, self.net, examples), {"samples": len(examples), "tokens": batch["input_ids"].numel()}
 
     @torch.no_grad()
