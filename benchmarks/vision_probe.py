@@ -9,7 +9,13 @@ is slow, the encoder (or the budget), not the decoder or the text, is what limit
 Prints, per patch embedding (stem) and patch size, the learning curve on held-out scenes: what
 each minute of training on one thread reaches.
 
-    python benchmarks/vision_probe.py [--minutes 6] [--patches 16,8] [--stems patch,conv] [--dense]
+    python benchmarks/vision_probe.py [--minutes 6 | --steps 3000] [--patches 16,8] [--stems patch,conv,multi] [--dense]
+
+`multi` tries multi-scale patches (issue 28): the conv stem's tokens and, in the same sequence,
+a second conv stem's tokens of patches twice as wide (a quarter as many, their own positions), as
+multi-scale ViTs mix patch sizes (Chen et al. 2021, CrossViT; Fan et al. 2021, MViT). The block's
+attention lets each fine patch read the coarse shape around it; the head reads the fine patches
+only, so the targets and the grid are the conv stem's.
 """
 import argparse
 import random
@@ -24,7 +30,7 @@ from tinyvlm.config import get_preset
 from tinyvlm.data.images import preprocess
 from tinyvlm.world import COLOURS, KINDS, render, sample_scene
 from tinyvlm.errors import TinyVLMError
-from tinyvlm.model.vision import VisionEncoder
+from tinyvlm.model.vision import ConvStem, VisionEncoder
 
 KIND_LIST, COLOUR_LIST = list(KINDS), list(COLOURS)
 N_KIND = len(KIND_LIST)
@@ -48,11 +54,23 @@ def scenes(n: int, seed: int, size: int, grid: int = 1) -> tuple[torch.Tensor, t
 class Probe(nn.Module):
     def __init__(self, size: int, patch: int, stem: str = "patch"):
         super().__init__()
-        cfg = get_preset("mini", vit_image_size=size, vit_patch_size=patch, vit_stem=stem, dropout=0.0)
+        cfg = get_preset("mini", vit_image_size=size, vit_patch_size=patch,
+                         vit_stem="conv" if stem == "multi" else stem, dropout=0.0)
         self.encoder, self.head = VisionEncoder(cfg), nn.Linear(cfg.vit_width, N_KIND * (1 + len(COLOUR_LIST)))
+        self.coarse = None
+        if stem == "multi":  # patches twice as wide: (size / 2p)^2 more tokens, their own positions
+            self.coarse = ConvStem(cfg.vit_width, 2 * patch)
+            self.coarse_pos = nn.Parameter(torch.zeros(1, (size // (2 * patch)) ** 2, cfg.vit_width))
 
     def forward(self, x):
-        return self.head(self.encoder(x)[:, 1:])  # (N, patches, outputs)
+        enc = self.encoder
+        if self.coarse is None:
+            return self.head(enc(x)[:, 1:])  # (N, patches, outputs)
+        fine = enc.embed(x)  # (N, 1 + P, C): [CLS] and the fine patches
+        h = torch.cat([fine, self.coarse(x).flatten(2).transpose(1, 2) + self.coarse_pos], dim=1)
+        for block in enc.blocks:
+            h, _, _ = block(h)
+        return self.head(enc.ln(h)[:, 1:fine.shape[1]])  # the fine patches only: (N, P, outputs)
 
 
 def by_kind(t: torch.Tensor) -> torch.Tensor:
@@ -85,14 +103,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=int, default=6, help="training time per encoder (stem and patch size)")
     ap.add_argument("--patches", type=patch_list, default="16,8", help="comma list of patch sizes")
-    ap.add_argument("--stems", type=stem_list, default="patch", help="comma list of patch embeddings: patch, conv")
+    ap.add_argument("--steps", type=int, help="train this many steps per encoder, scored every fifth of them "
+                    "(instead of --minutes: the same work whatever the machine's load)")
+    ap.add_argument("--stems", type=stem_list, default="patch",
+                    help="comma list of patch embeddings: patch, conv, multi (conv plus patches twice as wide)")
     ap.add_argument("--dense", action="store_true", help="per-patch targets (where each thing is), not per picture")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--train", type=int, default=8000, help="training scenes")
     a = ap.parse_args()
     runs = [(stem, patch) for stem in a.stems for patch in a.patches]
     for stem, patch in runs:  # a bad geometry fails now, not after drawing thousands of scenes
-        get_preset("mini", vit_image_size=a.size, vit_patch_size=patch, vit_stem=stem)
+        if stem not in ("patch", "conv", "multi"):
+            raise TinyVLMError(f"unknown stem '{stem}': use patch, conv or multi")
+        get_preset("mini", vit_image_size=a.size, vit_patch_size=patch * (2 if stem == "multi" else 1),
+                   vit_stem="conv" if stem == "multi" else stem)
     torch.set_num_threads(1)
     data = {}  # patch size -> training and held-out scenes (targets depend on the patch grid)
     for patch in a.patches:
@@ -114,9 +138,11 @@ def main():
         model = Probe(a.size, patch, stem)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
         g, steps, trained = torch.Generator().manual_seed(0), 0, 0.0
-        for minute in range(1, a.minutes + 1):
+        rounds = 5 if a.steps else a.minutes
+        for minute in range(1, rounds + 1):
             t0 = time.time()
-            while trained + time.time() - t0 < minute * 60:
+            while (steps < a.steps * minute // rounds if a.steps
+                   else trained + time.time() - t0 < minute * 60):
                 idx = torch.randint(0, len(x), (32,), generator=g)
                 scores = model(x[idx]) if a.dense else model(x[idx]).max(1, keepdim=True).values
                 loss = F.binary_cross_entropy_with_logits(scores, y[idx])
@@ -126,7 +152,7 @@ def main():
                 steps += 1
             trained += time.time() - t0  # scoring time is not training time
             f1, colour = score(model, xt, yt)
-            print(f"{stem:>5} | {patch:>5} | {minute:>7} | {steps:>6} | {steps * 32:>13,} | {f1:>7.2f} | {colour:>10.2f}", flush=True)
+            print(f"{stem:>5} | {patch:>5} | {trained / 60:>7.1f} | {steps:>6} | {steps * 32:>13,} | {f1:>7.2f} | {colour:>10.2f}", flush=True)
 
 
 if __name__ == "__main__":
