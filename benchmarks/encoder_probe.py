@@ -71,6 +71,7 @@ ICL_TARGETS = ("op. left", "op. right", "op. both", "count answer", "count total
                "pair same kind", "pair same colour", "pair kind by one", "pair colour by one")
 ICL_FEATURES = ("cls", "mean", "patches")
 COUNT_VALUES = {"colour": COLOURS, "kind": tuple(sorted(KINDS)), "size": SIZES}  # what a count question may name
+COUNT_KEYS = [(attr, v) for attr, values in COUNT_VALUES.items() for v in values]  # one count probe each
 
 
 # --- encoders ------------------------------------------------------------------------------------
@@ -253,11 +254,8 @@ def icl_set(folders: list[str], size: int, max_pairs: int) -> dict:
                 raise TinyVLMError(f"{f}: its pictures are not what its seed rebuilds (made by another version?)")
         for (a, b), paths in built.sums.items():
             sets["sum"] += [(pic(folder, p), a, b) for p in paths]
-        scenes = {}
         for path, scene in built.scenes:
-            scenes[path] = scene
-            counts = [sum(t.count for t in scene.things if getattr(t, attr) == v)
-                      for attr, values in COUNT_VALUES.items() for v in values]
+            counts = [sum(t.count for t in scene.things if getattr(t, attr) == v) for attr, v in COUNT_KEYS]
             sets["scene"].append((pic(folder, path), counts, sum(t.count for t in scene.things)))
         single = {path: attrs for v in built.single.values() for path, attrs in v}
         sets["one"] += [(pic(folder, p), list(KINDS).index(a["kind"]), COLOURS.index(a["colour"]))
@@ -268,7 +266,7 @@ def icl_set(folders: list[str], size: int, max_pairs: int) -> dict:
             if family == "count":
                 for img, (q, ans) in zip(images, _exchanges(r)):
                     attr, _, value = q.partition(": ")
-                    sets["shot"].append((pic(folder, img), _value_index(attr, value), int(ans)))
+                    sets["shot"].append((pic(folder, img), COUNT_KEYS.index((attr, value)), int(ans)))
             elif family == "matching" and len(sets["pair"]) < max_pairs:
                 for a, b in zip(images[::2], images[1::2]):
                     sa, sb = single[Path(a).name], single[Path(b).name]
@@ -281,13 +279,6 @@ def _exchanges(r) -> list[tuple[str, str]]:
     """(question, answer) of each shot and the query: user turns without their picture markers."""
     turns = [(role, text.replace("<image>", "").strip()) for role, text in r.turns]
     return [(q, a) for (_, q), (_, a) in zip(turns[::2], turns[1::2])]
-
-
-def _value_index(attr: str, value: str) -> int:
-    offsets, i = {}, 0
-    for name, values in COUNT_VALUES.items():
-        offsets[name], i = i, i + len(values)
-    return offsets[attr] + COUNT_VALUES[attr].index(value)
 
 
 def _pick(f: torch.Tensor, how: str) -> torch.Tensor:
