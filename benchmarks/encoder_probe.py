@@ -14,6 +14,19 @@ Picture-book world scenes (--world TRAIN --world-test TEST), from each scene's g
   patch col.  the colour of the thing covering each patch (accuracy over covered patches)
   count       how many of the scene's biggest thing there are (accuracy; from the patch mean)
   place       the background (accuracy; from the patch mean)
+In-context episodes (--icl TRAIN [--icl TRAIN ...] --icl-test TEST, folders of `tinyvlm data icl`): what
+each family's pictures would have to tell the decoder (the pictures and their truth are rebuilt from
+the folder's seed by tinyvlm.world.icl.Pictures); each from [CLS] / the patch mean / all patches
+concatenated (where a thing is: left digit against right), beside the majority answer:
+  op. left, op. right   the digits of an operator picture "a ? b" (10-way each); op. both: both right
+  count answer          the answer to a count shot ("colour: red" -> how many): one probe per value
+                        (how many red things), scored on the test episodes' own shots
+  count total           how many things the scene holds
+  one kind, one colour  the kind and colour of a single thing (what matching compares)
+  pair same kind/colour whether a matching pair shares the kind / the colour, from [|a - b|, a * b]
+                        of the two pictures' features (a linear layer cannot compare a concatenation);
+  pair ... by one       the same, answered by comparing the "one kind" / "one colour" probe's
+                        readings of the two pictures
 Flickr8k (--flickr DIR, an imported dataset folder with train/ and val/):
   words mAP   which of the K most frequent caption content words (concepts.caption_words) any of a
               photo's five captions uses (multi-label, mean average precision over the K words;
@@ -21,12 +34,14 @@ Flickr8k (--flickr DIR, an imported dataset folder with train/ and val/):
 
     python benchmarks/encoder_probe.py --encoder mae=runs/x/mae --encoder siglip=runs/y/siglip \\
         --world /work/exp/world-train --world-test /work/exp/world-test [--flickr runs/flickr8k/data] [--json out.json]
+    python benchmarks/encoder_probe.py --encoder init=runs/icl/init --icl data/icl-train --icl-test data/icl-test
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,15 +55,23 @@ from tinyvlm.checkpoint import RUN_CHECKPOINT, read_json
 from tinyvlm.concepts import caption_words
 from tinyvlm.config import VLMConfig
 from tinyvlm.data.dataset import open_records
+from tinyvlm.data.records import read_jsonl
 from tinyvlm.data.images import preprocess
 from tinyvlm.errors import TinyVLMError
 from tinyvlm.model.vision import VisionEncoder
 from tinyvlm.train import CONCEPT_WEIGHTS, STATE, TrainConfig
 from tinyvlm.world import COLOURS, KINDS, PLACES
 from tinyvlm.world.concepts import covered_cells
+from tinyvlm.world.icl import EPISODES_FILE, INFO_FILE, Pictures
+from tinyvlm.world.scene import SIZES
 
 COLUMNS = ("kinds F1 cls", "kinds F1 mean", "patch kind", "patch col.", "count", "place", "words mAP cls",
            "words mAP mean")
+ICL_TARGETS = ("op. left", "op. right", "op. both", "count answer", "count total", "one kind", "one colour",
+               "pair same kind", "pair same colour", "pair kind by one", "pair colour by one")
+ICL_FEATURES = ("cls", "mean", "patches")
+COUNT_VALUES = {"colour": COLOURS, "kind": tuple(sorted(KINDS)), "size": SIZES}  # what a count question may name
+COUNT_KEYS = [(attr, v) for attr, values in COUNT_VALUES.items() for v in values]  # one count probe each
 
 
 # --- encoders ------------------------------------------------------------------------------------
@@ -204,6 +227,129 @@ def probe_flickr(encoder, train: dict, test: dict, iters: int = 100) -> dict:
     return row
 
 
+# --- in-context episodes: what each family's pictures hold ----------------------------------------
+def icl_set(folders: list[str], size: int, max_pairs: int) -> dict:
+    """The pictures of episode folders and their truth: operator pictures (digits), count scenes
+    (every value's count, the total) and count shots, single things (kind, colour) and matching
+    pairs. The truth comes from rebuilding each folder's pictures from its seed (Pictures is
+    deterministic); a picture that does not match the folder's own file is refused."""
+    pics, names, sets = [], {}, {"sum": [], "scene": [], "shot": [], "one": [], "pair": []}
+
+    def pic(folder: Path, name: str) -> int:
+        key = (folder, name)
+        if key not in names:
+            names[key] = len(pics)
+            pics.append(preprocess(folder / name, size))
+        return names[key]
+
+    for f in folders:
+        folder = Path(f)
+        if not (folder / INFO_FILE).is_file():
+            raise TinyVLMError(f"{f}: not an episode folder of tinyvlm data icl (no {INFO_FILE})")
+        info = read_json(folder / INFO_FILE)
+        with tempfile.TemporaryDirectory() as tmp:
+            built = Pictures(Path(tmp), info["size"], info["seed"], info.get("per_kind", 40), info.get("scenes", 400))
+            probe = built.scenes[0][0]
+            if not torch.equal(preprocess(Path(tmp) / probe, size), preprocess(folder / probe, size)):
+                raise TinyVLMError(f"{f}: its pictures are not what its seed rebuilds (made by another version?)")
+        for (a, b), paths in built.sums.items():
+            sets["sum"] += [(pic(folder, p), a, b) for p in paths]
+        for path, scene in built.scenes:
+            counts = [sum(t.count for t in scene.things if getattr(t, attr) == v) for attr, v in COUNT_KEYS]
+            sets["scene"].append((pic(folder, path), counts, sum(t.count for t in scene.things)))
+        single = {path: attrs for v in built.single.values() for path, attrs in v}
+        sets["one"] += [(pic(folder, p), list(KINDS).index(a["kind"]), COLOURS.index(a["colour"]))
+                        for p, a in single.items()]
+        for r in read_jsonl(folder / EPISODES_FILE):
+            family = (r.extra.get("icl") or {}).get("family")
+            images = [str(i) for i in r.images]
+            if family == "count":
+                for img, (q, ans) in zip(images, _exchanges(r)):
+                    attr, _, value = q.partition(": ")
+                    sets["shot"].append((pic(folder, img), COUNT_KEYS.index((attr, value)), int(ans)))
+            elif family == "matching" and len(sets["pair"]) < max_pairs:
+                for a, b in zip(images[::2], images[1::2]):
+                    sa, sb = single[Path(a).name], single[Path(b).name]
+                    sets["pair"].append((pic(folder, a), pic(folder, b), int(sa["kind"] == sb["kind"]),
+                                         int(sa["colour"] == sb["colour"])))
+    return {"pixels": torch.stack(pics), **sets}
+
+
+def _exchanges(r) -> list[tuple[str, str]]:
+    """(question, answer) of each shot and the query: user turns without their picture markers."""
+    turns = [(role, text.replace("<image>", "").strip()) for role, text in r.turns]
+    return [(q, a) for (_, q), (_, a) in zip(turns[::2], turns[1::2])]
+
+
+def _pick(f: torch.Tensor, how: str) -> torch.Tensor:
+    return {"cls": lambda: f[:, 0], "mean": lambda: f[:, 1:].mean(1), "patches": lambda: f[:, 1:].flatten(1)}[how]()
+
+
+def _majority(y: torch.Tensor, yt: torch.Tensor) -> float:
+    return (yt == torch.mode(y).values).float().mean().item()
+
+
+def probe_icl(encoder, train: dict, test: dict, iters: int = 100) -> dict:
+    """Accuracy of linear probes for every ICL target (ICL_TARGETS) from every feature (ICL_FEATURES),
+    keyed "target|feature", and the majority answer's accuracy, keyed "target|majority"."""
+    f, ft = features(encoder, train["pixels"]), features(encoder, test["pixels"])
+    row = {}
+
+    def fit(target, x, y, xt, yt, how):
+        layer = fit_linear(x, y, False, iters=iters)
+        row[f"{target}|{how}"], row[f"{target}|majority"] = accuracy(layer, xt, yt), _majority(y, yt)
+        return layer
+
+    def col(rows, j):
+        return torch.tensor([r[j] for r in rows])
+
+    for how in ICL_FEATURES:
+        g, gt = _pick(f, how), _pick(ft, how)
+        both, sums = 1, gt[col(test["sum"], 0)]
+        for target, j in (("op. left", 1), ("op. right", 2)):
+            layer = fit(target, g[col(train["sum"], 0)], col(train["sum"], j), sums, col(test["sum"], j), how)
+            both = both * (layer(sums).argmax(1) == col(test["sum"], j))
+        row[f"op. both|{how}"] = both.float().mean().item()
+        row["op. both|majority"] = ((col(test["sum"], 1) == torch.mode(col(train["sum"], 1)).values)
+                                    & (col(test["sum"], 2) == torch.mode(col(train["sum"], 2)).values)).float().mean().item()
+        for target, j in (("one kind", 1), ("one colour", 2)):
+            layer = fit(target, g[col(train["one"], 0)], col(train["one"], j), gt[col(test["one"], 0)], col(test["one"], j), how)
+            by = f"pair {target.split()[1]} by one"
+            read = [layer(gt[col(test["pair"], i)]).argmax(1) for i in (0, 1)]
+            row[f"{by}|{how}"] = ((read[0] == read[1]).long() == col(test["pair"], j + 1)).float().mean().item()
+            row[f"{by}|majority"] = _majority(col(train["pair"], j + 1), col(test["pair"], j + 1))
+        scenes, counts = g[col(train["scene"], 0)], col(train["scene"], 1)
+        fit("count total", scenes, col(train["scene"], 2), gt[col(test["scene"], 0)], col(test["scene"], 2), how)
+        shots, value, answer = gt[col(test["shot"], 0)], col(test["shot"], 1), col(test["shot"], 2)
+        right = 0
+        for v in value.unique().tolist():  # one probe per value a test shot asks about: "how many red things"
+            at = value == v
+            guess = fit_linear(scenes, counts[:, v], False, iters=iters)(shots[at]).argmax(1)
+            right += (guess == answer[at]).sum().item()
+        row[f"count answer|{how}"] = right / len(answer)
+        row["count answer|majority"] = _majority(col(train["shot"], 2), answer)  # the training shots' commonest answer
+        pair, pair_t = (torch.cat([(g[col(train["pair"], 0)] - g[col(train["pair"], 1)]).abs(),
+                                   g[col(train["pair"], 0)] * g[col(train["pair"], 1)]], 1),
+                        torch.cat([(gt[col(test["pair"], 0)] - gt[col(test["pair"], 1)]).abs(),
+                                   gt[col(test["pair"], 0)] * gt[col(test["pair"], 1)]], 1))
+        for target, j in (("pair same kind", 2), ("pair same colour", 3)):
+            fit(target, pair, col(train["pair"], j), pair_t, col(test["pair"], j), how)
+    return row
+
+
+def print_icl(rows: list[dict], train: dict, test: dict) -> None:
+    """One line a target: the majority answer, then each encoder's probes on each feature."""
+    print(f"\nICL pictures (fit on {len(train['sum'])} operator pictures, {len(train['scene'])} scenes, "
+          f"{len(train['one'])} things, {len(train['pair'])} pairs; scored on {len(test['sum'])}, "
+          f"{len(test['shot'])} count shots / {len(test['scene'])} scenes, {len(test['one'])}, {len(test['pair'])})")
+    heads = ["majority"] + [f"{r['encoder']} {how}" for r in rows for how in ICL_FEATURES]
+    print("| target | " + " | ".join(heads) + " |")
+    print("|---" * (len(heads) + 1) + "|")
+    for t in ICL_TARGETS:
+        cells = [rows[0][f"{t}|majority"]] + [r[f"{t}|{how}"] for r in rows for how in ICL_FEATURES]
+        print(f"| {t} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+
+
 def named_path(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -219,14 +365,20 @@ def main(argv=None):
     ap.add_argument("--world", help="picture-book world folder to fit the probes on")
     ap.add_argument("--world-test", help="world folder to score them on (e.g. another seed)")
     ap.add_argument("--flickr", help="an imported captioned dataset folder (train/ and val/), e.g. Flickr8k")
+    ap.add_argument("--icl", action="append", metavar="FOLDER",
+                    help="episode folder(s) of tinyvlm data icl to fit the ICL probes on (repeat)")
+    ap.add_argument("--icl-test", metavar="FOLDER", help="episode folder to score them on (e.g. --held-out --seed 1)")
+    ap.add_argument("--pairs", type=int, default=4000, help="matching pairs to read from the --icl folders, at most")
     ap.add_argument("--n", type=int, default=2000, help="pictures to fit on (per dataset)")
     ap.add_argument("--n-test", type=int, default=500, help="pictures to score on")
     ap.add_argument("--words", type=int, default=20, help="the most frequent caption words to probe for")
     ap.add_argument("--iters", type=int, default=100, help="L-BFGS iterations per probe")
     ap.add_argument("--json", help="also write the table here, as JSON")
     a = ap.parse_args(argv)
-    if not a.world and not a.flickr:
-        raise TinyVLMError("give --world (with --world-test) and/or --flickr: the pictures to probe on")
+    if not a.world and not a.flickr and not a.icl:
+        raise TinyVLMError("give --world (with --world-test), --flickr and/or --icl (with --icl-test): the pictures to probe on")
+    if bool(a.icl) != bool(a.icl_test):
+        raise TinyVLMError("--icl and --icl-test go together: probes are fitted on one and scored on the other")
     if bool(a.world) != bool(a.world_test):
         raise TinyVLMError("--world and --world-test go together: probes are fitted on one and scored on the other")
     torch.set_num_threads(1)
@@ -255,14 +407,21 @@ def main(argv=None):
                                  test["words"])
                 print(f"Flickr words ({len(vocab)}): {', '.join(vocab)}; chance mAP {chance:.3f}", file=sys.stderr)
             row.update(probe_flickr(enc, *data["flickr", size], a.iters))
+        if a.icl:
+            if ("icl", size) not in data:
+                data["icl", size] = icl_set(a.icl, size, a.pairs), icl_set([a.icl_test], size, a.pairs)
+            row.update(probe_icl(enc, *data["icl", size], a.iters))
         rows.append(row)
         print(f"{name}: probed in {time.time() - t0:.0f} s", file=sys.stderr)
     cols = [c for c in COLUMNS if any(c in r for r in rows)]
-    width = max(len(r["encoder"]) for r in rows)
-    print(f"{'encoder':<{width}} | " + " | ".join(cols))
-    print("-" * (width + sum(len(c) + 3 for c in cols)))
-    for r in rows:
-        print(f"{r['encoder']:<{width}} | " + " | ".join(f"{r[c]:>{len(c)}.3f}" for c in cols))
+    if cols:
+        width = max(len(r["encoder"]) for r in rows)
+        print(f"{'encoder':<{width}} | " + " | ".join(cols))
+        print("-" * (width + sum(len(c) + 3 for c in cols)))
+        for r in rows:
+            print(f"{r['encoder']:<{width}} | " + " | ".join(f"{r[c]:>{len(c)}.3f}" for c in cols))
+    if a.icl:
+        print_icl(rows, *next(v for k, v in data.items() if k[0] == "icl"))
     if a.json:
         Path(a.json).write_text(json.dumps({"rows": rows, "n": a.n, "n_test": a.n_test}, indent=2) + "\n")
     return rows

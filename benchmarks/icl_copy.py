@@ -8,6 +8,7 @@ the same number of steps.
     python benchmarks/icl_copy.py --model runs/mini [--steps 1500] [--init] [--tokenizer syllables]
                                   [--words one-token] [--lr 1e-3] [--batch-size 16]
                                   [--format plain] [--plain-steps N] [--key first] [--save DIR]
+                                  [--family operator]
 
 Measured figures and what they bound: docs/icl.md, "The copy without pictures".
 
@@ -31,6 +32,11 @@ the key before the question ("cat What is this?"), where a picture episode puts 
 concept head, with the decoder just trained in place of its own, ready for
 `tinyvlm train --init DIR --freeze-encoder` on picture episodes (docs/icl.md). A DIR tinyvlm may
 not replace (other files in it, a file, the --model folder itself) is refused before training.
+`--family operator` teaches operator induction instead (VL-ICL's, in text): each shot is "3 ? 4"
+-> the result of the operator (+, -, x) the episode drew, a >= b and digits 0-9 as the world's
+operator pictures; the loss is on every answer but the first. It scores exact match, exact match
+with the support answers shuffled among the support shots (must fall: it proves the model reads
+them), and how often the answer is the result of some operator (a right sum under a wrong operator).
 """
 from __future__ import annotations
 
@@ -48,10 +54,11 @@ from tinyvlm.errors import TinyVLMError
 from tinyvlm.model.decoder import Decoder
 from tinyvlm.model.loss import weighted_cross_entropy
 from tinyvlm.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from tinyvlm.world.icl import QUESTIONS, _balanced, held_out_word, nonsense_word
+from tinyvlm.world.icl import OPERATORS, QUESTIONS, _balanced, held_out_word, nonsense_word
 from tinyvlm.world.scene import KINDS
 
 SHOTS = (0, 1, 2, 4, 8)
+SUMS = [(a, b) for a in range(10) for b in range(a + 1)]  # as the operator pictures: a >= b
 
 
 def one_token_words(tok: Tokenizer) -> dict[bool, list[str]]:
@@ -83,6 +90,41 @@ def episode(rng: random.Random, k: int, held_out: bool, pool: dict | None = None
     return turns, learn, words[1 - q]
 
 
+def operator_episode(rng: random.Random, k: int, key_first: bool = False):
+    """Turns of a text operator-induction episode: k shots "a ? b" -> the result of one operator
+    (+, -, x; a >= b, digits 0-9, as tinyvlm.world.icl's pictures), then the query; which answers
+    are learned (all but the first: one shot already implies an operator), and the query's
+    results under every operator (to tell a wrong operator from a wrong sum)."""
+    op = rng.choice(sorted(OPERATORS))
+    turns = []
+    for _ in range(k + 1):
+        a, b = rng.choice(SUMS)
+        ask = f"{a} ? {b} {QUESTIONS['operator']}" if key_first else f"{QUESTIONS['operator']} {a} ? {b}"
+        turns += [("user", ask), ("assistant", str(OPERATORS[op](a, b)))]
+    return turns, [i > 0 for i in range(k + 1)], {str(f(a, b)) for f in OPERATORS.values()}
+
+
+def make_episode(family: str, rng: random.Random, k: int, held_out: bool, pool: dict | None, key_first: bool):
+    if family == "operator":
+        return operator_episode(rng, k, key_first)
+    return episode(rng, k, held_out, pool, key_first)
+
+
+def shuffled(rng: random.Random, turns: list) -> list:
+    """The support answers deranged among the support shots (every answer moves where it can; the
+    query keeps its own), the eval suite's shuffled baseline in text."""
+    answers = [t[1] for t in turns[1:-2:2]]
+    order = list(range(len(answers)))
+    for _ in range(100):
+        rng.shuffle(order)
+        if len(order) < 2 or all(i != j for i, j in enumerate(order)):
+            break
+    out = list(turns)
+    for i, j in enumerate(order):
+        out[2 * i + 1] = ("assistant", answers[j])
+    return out
+
+
 def encode(tok: Tokenizer, turns, learn, plain: bool = False) -> tuple[list[int], list[float]]:
     """ids and a loss weight a token: 1 on the tokens of learned answers (and their <|eos|>). With
     `plain`, no chat template and no question: "<|bos|> cat dax <|eos|> dog wug <|eos|> cat", so
@@ -90,7 +132,9 @@ def encode(tok: Tokenizer, turns, learn, plain: bool = False) -> tuple[list[int]
     if plain:
         ids, weights = [BOS_ID], [0.0]
         for (_, key), (_, word), lrn in zip(turns[::2], turns[1::2], learn):
-            k = tok.encode_text(" " + key.replace(QUESTIONS["binding"], "").strip())
+            for question in QUESTIONS.values():
+                key = key.replace(question, "")
+            k = tok.encode_text(" " + key.strip())
             w = tok.encode_text(word) + [EOS_ID]
             ids += k + w
             weights += [0.0] * len(k) + [float(lrn)] * len(w)
@@ -121,30 +165,42 @@ def logits_of(dec: Decoder, ids: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(dec: Decoder, tok: Tokenizer, n: int, pool: dict | None, held_out: bool = True,
-             plain: bool = False, key_first: bool = False) -> dict:
-    """Held-out words (or training ones), the same episodes cut to each shot count: exact match and forced choice."""
+             plain: bool = False, key_first: bool = False, family: str = "binding") -> dict:
+    """Held-out words (or training ones), the same episodes cut to each shot count, three figures a
+    shot count. Binding: exact match, forced choice, recent. Operator: exact match, exact match
+    with the support answers shuffled, and how often the answer is some operator's result."""
     dec.eval()
     out = {}
     with torch.no_grad():
         for k in SHOTS:
-            rng = random.Random(f"icl-copy-eval:{k}")
+            rng, mix = random.Random(f"icl-copy-eval:{k}"), random.Random(f"icl-copy-shuffle:{k}")
             exact = choice = recent = 0
             for _ in range(n):
-                turns, _, other = episode(rng, k, held_out, pool, key_first)
-                ids, _ = encode(tok, turns, [True] * (k + 1), plain)
-                true_ans = tok.encode_text(turns[-1][1]) + [EOS_ID]
-                start = len(ids) - len(true_ans)
-                lg = logits_of(dec, torch.tensor([ids]))[0]
-                pred = lg[start - 1:len(ids) - 1].argmax(-1).tolist()
+                turns, _, other = make_episode(family, rng, k, held_out, pool, key_first)
+                pred, lg, start, true_ans = _answer(dec, tok, turns, plain)
                 exact += pred == true_ans
+                if family == "operator":  # choice: with shuffled support; recent: some operator's result
+                    choice += _answer(dec, tok, shuffled(mix, turns), plain)[0] == true_ans
+                    recent += tok.decode(pred[:-1]).strip() in other
+                    continue
                 first_other = tok.encode_text(other)[0]
                 picks_true = bool(lg[start - 1, true_ans[0]] > lg[start - 1, first_other])
                 choice += picks_true
                 if k:  # does it prefer the word of the last shot, whatever the key?
                     recent += (turns[-1][1] if picks_true else other) == turns[-3][1]
-            out[k] = (exact / n, choice / n, recent / n if k else float("nan"))
+            out[k] = (exact / n, choice / n, recent / n if k or family == "operator" else float("nan"))
     dec.train()
     return out
+
+
+def _answer(dec: Decoder, tok: Tokenizer, turns, plain: bool):
+    """The query answer's teacher-forced argmax tokens (what greedy decoding writes while it is
+    right), the logits, where the answer starts, and the true answer's tokens with <|eos|>."""
+    ids, _ = encode(tok, turns, [True] * (len(turns) // 2), plain)
+    true_ans = tok.encode_text(turns[-1][1]) + [EOS_ID]
+    start = len(ids) - len(true_ans)
+    lg = logits_of(dec, torch.tensor([ids]))[0]
+    return lg[start - 1:len(ids) - 1].argmax(-1).tolist(), lg, start, true_ans
 
 
 def syllable_tokenizer(vocab_size: int) -> Tokenizer:
@@ -182,8 +238,13 @@ def main(argv: list[str] | None = None):
                     help="in the chat template, the key after the question, or before it (where a picture goes)")
     ap.add_argument("--save", metavar="DIR",
                     help="write a model folder: --model's, with the decoder trained here in place of its own")
+    ap.add_argument("--family", choices=("binding", "operator"), default="binding",
+                    help="binding of invented names, or operator induction ('3 ? 4' -> the result of the "
+                         "operator the shots imply; scored exact / shuffled support / some operator's result)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.family == "operator" and (a.words != "nonsense" or a.eval_training_words):
+        ap.error("--words and --eval-training-words are binding's: operator episodes have no invented words")
     if a.save and (a.tokenizer != "model" or a.words != "nonsense"):
         ap.error("--save keeps the model's tokenizer and vocabulary: use it with --tokenizer model --words nonsense")
     torch.manual_seed(a.seed)
@@ -203,17 +264,18 @@ def main(argv: list[str] | None = None):
         dec.load_state_dict({k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")})
     pool = one_token_words(tok) if a.words == "one-token" else None
     rng = random.Random(f"icl-copy-train:{a.seed}")
-    sample = episode(rng, 4, False, pool)[0]
-    print(f"# tokenizer {a.tokenizer}: '{sample[1][1]}' -> {len(tok.encode_text(sample[1][1]))} tokens; "
+    sample = make_episode(a.family, rng, 4, False, pool, False)[0]
+    print(f"# {a.family}; tokenizer {a.tokenizer}: '{sample[1][1]}' -> {len(tok.encode_text(sample[1][1]))} tokens; "
           f"words {a.words}{f' ({len(pool[False])} + {len(pool[True])} held out)' if pool else ''}; "
           f"init={'model' if a.init else 'scratch'}; lr {a.lr}; batch {a.batch_size}")
     opt = torch.optim.AdamW(dec.parameters(), lr=a.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup))
-    print("| step | seconds | loss | " + " | ".join(f"{k}-shot exact / choice / recent" for k in SHOTS) + " |")
+    figures = "exact / shuffled / some op." if a.family == "operator" else "exact / choice / recent"
+    print("| step | seconds | loss | " + " | ".join(f"{k}-shot {figures}" for k in SHOTS) + " |")
     t0, losses, key_first = time.time(), [], a.key == "first"
     for step in range(a.steps + 1):
         if step % a.every == 0:
-            ev = evaluate(dec, tok, a.n, pool, not a.eval_training_words, a.format == "plain", key_first)
+            ev = evaluate(dec, tok, a.n, pool, not a.eval_training_words, a.format == "plain", key_first, a.family)
             loss = sum(losses) / max(1, len(losses))
             print(f"| {step} | {time.time() - t0:.0f} | {loss:.3f} | "
                   + " | ".join(f"{e:.2f} / {c:.2f} / {r:.2f}" for e, c, r in ev.values()) + " |", flush=True)
@@ -221,8 +283,8 @@ def main(argv: list[str] | None = None):
         if step == a.steps:
             break
         plain = a.format == "plain" or step < a.plain_steps
-        ids, w = batch([encode(tok, *episode(rng, rng.randint(1, a.max_shots), False, pool, key_first)[:2], plain)
-                        for _ in range(a.batch_size)])
+        ids, w = batch([encode(tok, *make_episode(a.family, rng, rng.randint(1, a.max_shots), False, pool, key_first)[:2],
+                               plain) for _ in range(a.batch_size)])
         h, _ = dec(dec.tok(ids[:, :-1]), torch.arange(ids.shape[1] - 1)[None].expand(ids.shape[0], -1))
         keep = w[:, 1:] > 0
         loss = weighted_cross_entropy(dec.head(h[keep]), ids[:, 1:][keep], w[:, 1:][keep]) / keep.sum()

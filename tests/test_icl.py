@@ -232,13 +232,61 @@ def test_icl_copy_saves_a_model_folder_that_picture_tuning_starts_from(trained, 
 
 
 def _icl_copy():
-    """benchmarks/icl_copy.py as a module (benchmarks/ is not a package)."""
+    return _benchmark("icl_copy")
+
+
+def _benchmark(name: str):
+    """benchmarks/NAME.py as a module (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
-    spec = importlib.util.spec_from_file_location("icl_copy", Path(__file__).parents[1] / "benchmarks" / "icl_copy.py")
-    copy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(copy)
-    return copy
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_icl_copy_operator_episodes_follow_one_operator_and_shuffle(trained, capsys):
+    """--family operator: every answer of an episode is one operator's result on its "a ? b", the
+    first shot carries no loss, and the shuffled baseline moves the support answers only."""
+    copy = _icl_copy()
+    rng = random.Random(0)
+    for _ in range(30):
+        turns, learn, results = copy.operator_episode(rng, 4, key_first=True)
+        sums = [tuple(map(int, re.match(r"(\d) \? (\d) What is the answer\?$", q).groups())) for _, q in turns[::2]]
+        answers = [a for _, a in turns[1::2]]
+        assert all(a >= b for a, b in sums) and learn == [False, True, True, True, True]
+        assert any(all(str(op(a, b)) == ans for (a, b), ans in zip(sums, answers)) for op in icl.OPERATORS.values())
+        assert answers[-1] in results and len(results) <= 3
+        mixed = copy.shuffled(rng, turns)
+        assert mixed[::2] == turns[::2] and mixed[-1] == turns[-1]
+        assert sorted(mixed[1:-2:2]) == sorted(turns[1:-2:2])
+        if len(set(answers[:-1])) == 4:  # four different answers: a derangement moves every one
+            assert all(m != t for m, t in zip(mixed[1:-2:2], turns[1:-2:2]))
+    capsys.readouterr()
+    copy.main(["--model", str(trained / "run"), "--family", "operator", "--steps", "2", "--every", "2", "--n", "2"])
+    assert "8-shot exact / shuffled / some op." in capsys.readouterr().out
+
+
+def test_encoder_probe_reads_what_episode_pictures_hold(trained, tmp_path, capsys):
+    """benchmarks/encoder_probe.py --icl: probes for every family's target from each feature, and a
+    folder whose pictures its seed does not rebuild is refused (its truth would be wrong)."""
+    import shutil
+    probe = _benchmark("encoder_probe")
+    out = tmp_path / "probe.json"
+    capsys.readouterr()
+    probe.main(["--encoder", f"run={trained / 'run'}", "--icl", str(trained / "train"), "--icl-test",
+                str(trained / "test"), "--iters", "3", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["encoder"] for r in rows] == ["random (32 px, patch)", "run"]
+    assert all(0 <= r[f"{t}|{f}"] <= 1 for r in rows for t in probe.ICL_TARGETS for f in (*probe.ICL_FEATURES, "majority"))
+    assert "| op. left |" in capsys.readouterr().out
+    other = tmp_path / "other"
+    shutil.copytree(trained / "train", other)
+    shutil.copy(other / "scene-00001.png", other / "scene-00000.png")
+    with pytest.raises(TinyVLMError, match="not what its seed rebuilds"):
+        probe.main(["--encoder", f"run={trained / 'run'}", "--icl", str(other), "--icl-test", str(trained / "test")])
+    with pytest.raises(TinyVLMError, match="go together"):
+        probe.main(["--encoder", f"run={trained / 'run'}", "--icl", str(other)])
 
 
 def test_icl_copy_refuses_a_save_folder_before_training(trained, tmp_path, monkeypatch):
