@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import interrupt_training, make_shapes_dataset
 from tinyvlm.api import TinyVLM
@@ -151,14 +152,6 @@ def _painted():
     return Image.fromarray(a)
 
 
-def test_names_colour_reads_words_not_substrings():
-    from tinyvlm.data.images import names_colour
-    assert names_colour("What colour are the balls? purple")
-    assert names_colour("A man in a Red shirt.") and names_colour("two grey cats") and names_colour("a blond boy")
-    assert not names_colour("How many balls are there? two")
-    assert not names_colour("A redhead reads; the bluest sky")  # a colour word inside another word is not one
-
-
 def test_colour_augment_never_touches_a_picture_whose_text_names_a_colour():
     """--augment colour: a text naming a colour gets exactly the light jitter (same draws, same
     pixels); a text naming none gets its hue turned too; both are seeded."""
@@ -178,6 +171,38 @@ def test_colour_augment_never_touches_a_picture_whose_text_names_a_colour():
         grey = light.max(-1) - light.min(-1) < 8  # the white page stays as it is (it has no hue)
         assert grey.sum() > 100 and np.abs(turned - light)[grey].max() <= 12
     assert (px(augment(img, random.Random(0), "colour")) != px(augment(img, random.Random(1), "colour"))).any()
+
+
+def test_what_names_a_colour_errs_toward_yes():
+    """Case, punctuation, -ish forms and words that start with a basic term count ("bluebird":
+    turned orange, its caption is false); words that only end in a colour's letters do not."""
+    from tinyvlm.data.images import names_colour
+    for text in ("RED.", "a Grey-ish dog", "a reddish wall", "a bluish sky", "a redheaded girl",
+                 "man in bluejeans", "a bluebird", "a brunette woman", "neon vest"):
+        assert names_colour(text), text
+    assert names_colour("What colour are the balls? purple") and names_colour("A man in a Red shirt.")
+    assert names_colour("A redhead reads; the bluest sky") and names_colour("a blond boy")
+    for text in ("How many balls are there? two", "a dog on grass", "a covered tank", "two tired cats", ""):
+        assert not names_colour(text), text
+
+
+def test_augment_reads_any_picture_mode_as_rgb_and_refuses_an_unknown_mode():
+    """A palette's indices, 16-bit levels or an alpha channel are not colours to scale: augment
+    reads every mode as to_rgb does, in both modes, and returns RGB."""
+    import random
+
+    import numpy as np
+
+    from tinyvlm.data.images import augment, to_rgb
+    img = _painted()
+    for im in (img.convert("P"), img.convert("L"), img.convert("RGBA"), img.convert("CMYK"),
+               Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)):
+        for mode in ("light", "colour"):
+            out = augment(im, random.Random(0), mode)
+            same = augment(to_rgb(im), random.Random(0), mode)
+            assert out.mode == "RGB" and (np.asarray(out) == np.asarray(same)).all(), (im.mode, mode)
+    with pytest.raises(TinyVLMError, match="unknown augment mode 'color'"):
+        augment(img, random.Random(0), "color")
 
 
 def test_augment_modes_in_the_config_and_on_the_command_line(tmp_path):
