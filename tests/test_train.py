@@ -218,6 +218,11 @@ def test_augment_modes_in_the_config_and_on_the_command_line(tmp_path):
     parse = lambda *a: build_parser().parse_args(["train", "--data", "d", "--out", "o", "--steps", "1", *a])  # noqa: E731
     assert parse("--augment").augment == "light" and parse("--augment", "colour").augment == "colour"
     assert parse().augment is None
+    from tinyvlm.card import model_card
+    from tinyvlm.config import get_preset
+    params = {"total": 1, "vision": 1, "connector": 1, "decoder": 1}
+    for saved, shown in ((True, "light"), ("colour", "colour")):  # an old model's card, re-saved
+        assert f"| augmentation | {shown} |" in model_card(get_preset("nano"), params, training={"augment": saved})
 
 
 def test_colour_augment_reads_each_picture_with_its_text_in_every_stage(tmp_path, monkeypatch):
