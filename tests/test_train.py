@@ -186,6 +186,31 @@ def test_what_names_a_colour_errs_toward_yes():
         assert not names_colour(text), text
 
 
+def test_colour_augment_turns_the_pictures_of_one_example_alike(tmp_path):
+    """An in-context "Do they match? yes" of two red things must stay true: the collator draws
+    one hue and saturation per example (the crop and brightness stay each picture's own)."""
+    import random
+
+    import numpy as np
+
+    from tinyvlm.config import get_preset
+    from tinyvlm.data.batches import Collator, Example
+    from tinyvlm.tokenizer import Tokenizer
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(tmp_path / "red.png")
+    cfg = get_preset("nano", vit_image_size=32, lm_vocab_size=512)
+    collate = Collator(Tokenizer.train(["Do they match? yes"], 300), cfg)
+    ex = Example([str(tmp_path / "red.png")] * 2, "<image> <image> Do they match?", "yes")
+    apart = lambda a, b: min((a - b) % 256, (b - a) % 256)  # noqa: E731 - hues are a circle
+    turned = 0
+    for seed in range(5):
+        pics = collate([ex], random.Random(seed), augment_mode="colour")["images"]
+        hues = [Image.fromarray(np.uint8((p.permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255)).convert("HSV").getpixel((16, 16))[0]
+                for p in pics]
+        assert apart(*hues) <= 2, (seed, hues)
+        turned += apart(hues[0], 2) > 20  # red's hue is ~2
+    assert turned >= 3
+
+
 def test_augment_reads_any_picture_mode_as_rgb_and_refuses_an_unknown_mode():
     """A palette's indices, 16-bit levels or an alpha channel are not colours to scale: augment
     reads every mode as to_rgb does, in both modes, and returns RGB."""
@@ -232,9 +257,9 @@ def test_colour_augment_reads_each_picture_with_its_text_in_every_stage(tmp_path
     seen = []
 
     def spy(real):
-        def augment(img, rng, mode="light", text=""):
+        def augment(img, rng, mode="light", text="", colour_rng=None):
             seen.append((real.__module__, mode, text))
-            return real(img, rng, mode, text)
+            return real(img, rng, mode, text, colour_rng)
         return augment
 
     monkeypatch.setattr(batches, "augment", spy(batches.augment))

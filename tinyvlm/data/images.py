@@ -161,7 +161,8 @@ def names_colour(text: str) -> bool:
     return any(w in COLOUR_WORDS or w.startswith(BASIC_COLOURS) for w in words(text))
 
 
-def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str = "") -> Image.Image:
+def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str = "",
+            colour_rng: random.Random | None = None) -> Image.Image:
     """Meaning-preserving jitter, drawn from `rng`: small scale/shift and brightness. No flips: the
     captions say 'left of' and 'right of', and a flip would make them false.
 
@@ -172,6 +173,10 @@ def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str
     answer, the conversation; "" for none), names no colour (`names_colour`): "a red ball" stays
     red. Grey, black and white stay as they are (no saturation to rotate). Otherwise the draws
     and the result are exactly those of the light jitter.
+
+    `colour_rng`, when given, draws the hue and saturation instead of `rng`. The collator passes
+    one seeded per example, so that all its pictures turn alike: two red things of an in-context
+    "Do they match? yes" stay one colour.
 
     Any PIL image (greyscale, palette, RGBA, 16-bit ...) is read as `to_rgb` reads it; the result
     is 8-bit RGB. An unknown `mode` raises TinyVLMError."""
@@ -188,8 +193,9 @@ def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str
     img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
     if mode == "colour" and not names_colour(text):
         hsv = np.asarray(img.convert("HSV"), dtype=np.float32)
-        hsv[..., 0] = (hsv[..., 0] + rng.uniform(0, 256)) % 256
-        hsv[..., 1] *= rng.uniform(0.6, 1.4)
+        draw = colour_rng or rng
+        hsv[..., 0] = (hsv[..., 0] + draw.uniform(0, 256)) % 256
+        hsv[..., 1] *= draw.uniform(0.6, 1.4)
         img = Image.fromarray(hsv.clip(0, 255).astype(np.uint8), "HSV").convert("RGB")
     return img
 
