@@ -240,6 +240,8 @@ def test_augment_modes_in_the_config_and_on_the_command_line(tmp_path):
         _cfg(tmp_path, "d", augment="colour").check_resumable(_cfg(tmp_path, "d", augment=True).comparable())
     with pytest.raises(TinyVLMError, match="augment must be"):
         _cfg(tmp_path, "d", augment="strong")
+    with pytest.raises(TinyVLMError, match="the saved run's augment is 'strong'"):
+        _cfg(tmp_path, "d", augment="light").check_resumable({"augment": "strong"})
     parse = lambda *a: build_parser().parse_args(["train", "--data", "d", "--out", "o", "--steps", "1", *a])  # noqa: E731
     assert parse("--augment").augment == "light" and parse("--augment", "colour").augment == "colour"
     assert parse().augment is None
