@@ -204,8 +204,8 @@ def test_colour_augment_turns_the_pictures_of_one_example_alike(tmp_path):
     turned = 0
     for seed in range(5):
         pics = collate([ex], random.Random(seed), augment_mode="colour")["images"]
-        hues = [Image.fromarray(np.uint8((p.permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255)).convert("HSV").getpixel((16, 16))[0]
-                for p in pics]
+        rgb = [np.uint8((p.permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255) for p in pics]
+        hues = [Image.fromarray(a).convert("HSV").getpixel((16, 16))[0] for a in rgb]
         assert apart(*hues) <= 2, (seed, hues)
         turned += apart(hues[0], 2) > 20  # red's hue is ~2
     assert turned >= 3

@@ -142,8 +142,8 @@ class Collator:
                  pixels: bool = True, augment_mode: str = "light") -> dict[str, torch.Tensor]:
         """With `rng`, each picture is jittered (images.augment, in `augment_mode`, read with its
         example's text; in colour mode an example's pictures share one hue and saturation draw, so
-        that what the text says of their colours together, "same" or "not", stays true). With `pixels` False, "images" is None: the caller has the pictures'
-        encodings already."""
+        that what the text says of their colours together, "same" or "not", stays true). With
+        `pixels` False, "images" is None: the caller has the pictures' encodings already."""
         seqs, labels, images = [], [], []
         for ex in examples:
             enc = self.tok.encode_conversation(ex.turns(), [self.image_tokens] * len(ex.images))
