@@ -281,6 +281,28 @@ def test_colour_augment_reads_each_picture_with_its_text_in_every_stage(tmp_path
     assert any(t.endswith("on a white page.") and "Describe" in t for t in texts)
 
 
+def test_siglip_reads_a_picture_with_every_caption_it_matches_in_the_batch(tmp_path, monkeypatch):
+    """A photo's records share its file, and SigLIP counts them all as its matches: a copy whose
+    own caption names no colour must not be turned while another record's caption says "red"."""
+    from tinyvlm.data.images import names_colour
+    from tinyvlm.train import stages
+    seen = []
+
+    def augment(img, rng, mode="light", text="", colour_rng=None):
+        seen.append(text)
+        return real(img, rng, mode, text, colour_rng)
+
+    real = stages.augment
+    monkeypatch.setattr(stages, "augment", augment)
+    pictures = make_shapes_dataset(tmp_path / "p", n=8, seed=0)
+    rows = [json.loads(l) for l in pictures.read_text().splitlines()]
+    data = pictures.parent / "twice.jsonl"  # each picture twice: its colour caption, and one naming none
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows + [{**r, "text": "a thing on a page."} for r in rows]))
+    train(_cfg(tmp_path, data, steps=4, batch_size=16, siglip=0.5, augment="colour", eval_every=100))
+    both = [t for t in seen if "a thing on a page." in t and "white page" in t]  # both records in one batch
+    assert both and all(names_colour(t) for t in both), seen
+
+
 def test_the_concept_stage_accumulates_micro_batches(tmp_path, shapes):
     """--grad-accum 2 in the concept stage: each step reads two micro-batches of records."""
     make_shapes_dataset(tmp_path / "val", n=8, seed=1)
