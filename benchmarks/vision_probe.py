@@ -91,8 +91,15 @@ def score(model: Probe, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]
     return f1, (by_kind(logits).argmax(-1) == by_kind(y).argmax(-1))[true].float().mean().item()
 
 
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
 def patch_list(text: str) -> list[int]:
-    return [int(p) for p in text.split(",")]
+    return [positive(p) for p in text.split(",")]
 
 
 def stem_list(text: str) -> list[str]:
@@ -101,22 +108,26 @@ def stem_list(text: str) -> list[str]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=int, default=6, help="training time per encoder (stem and patch size)")
+    ap.add_argument("--minutes", type=positive, default=6, help="training time per encoder (stem and patch size)")
     ap.add_argument("--patches", type=patch_list, default="16,8", help="comma list of patch sizes")
-    ap.add_argument("--steps", type=int, help="train this many steps per encoder, scored every fifth of them "
+    ap.add_argument("--steps", type=positive, help="train this many steps per encoder, scored every fifth of them "
                     "(instead of --minutes: the same work whatever the machine's load)")
     ap.add_argument("--stems", type=stem_list, default="patch",
                     help="comma list of patch embeddings: patch, conv, multi (conv plus patches twice as wide)")
     ap.add_argument("--dense", action="store_true", help="per-patch targets (where each thing is), not per picture")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--train", type=int, default=8000, help="training scenes")
+    ap.add_argument("--size", type=positive, default=64)
+    ap.add_argument("--train", type=positive, default=8000, help="training scenes")
     a = ap.parse_args()
     runs = [(stem, patch) for stem in a.stems for patch in a.patches]
     for stem, patch in runs:  # a bad geometry fails now, not after drawing thousands of scenes
         if stem not in ("patch", "conv", "multi"):
             raise TinyVLMError(f"unknown stem '{stem}': use patch, conv or multi")
-        get_preset("mini", vit_image_size=a.size, vit_patch_size=patch * (2 if stem == "multi" else 1),
-                   vit_stem="conv" if stem == "multi" else stem)
+        get_preset("mini", vit_image_size=a.size, vit_patch_size=patch, vit_stem="conv" if stem == "multi" else stem)
+        if stem == "multi":  # and the coarse stem's patches, twice as wide
+            try:
+                get_preset("mini", vit_image_size=a.size, vit_patch_size=2 * patch, vit_stem="conv")
+            except TinyVLMError as e:
+                raise TinyVLMError(f"--stems multi at patch {patch} also needs patches of {2 * patch}: {e}") from None
     torch.set_num_threads(1)
     data = {}  # patch size -> training and held-out scenes (targets depend on the patch grid)
     for patch in a.patches:

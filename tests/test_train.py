@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import interrupt_training, make_shapes_dataset
 from tinyvlm.api import TinyVLM
@@ -151,14 +152,6 @@ def _painted():
     return Image.fromarray(a)
 
 
-def test_names_colour_reads_words_not_substrings():
-    from tinyvlm.data.images import names_colour
-    assert names_colour("What colour are the balls? purple")
-    assert names_colour("A man in a Red shirt.") and names_colour("two grey cats") and names_colour("a blond boy")
-    assert not names_colour("How many balls are there? two")
-    assert not names_colour("A redhead reads; the bluest sky")  # a colour word inside another word is not one
-
-
 def test_colour_augment_never_touches_a_picture_whose_text_names_a_colour():
     """--augment colour: a text naming a colour gets exactly the light jitter (same draws, same
     pixels); a text naming none gets its hue turned too; both are seeded."""
@@ -180,6 +173,63 @@ def test_colour_augment_never_touches_a_picture_whose_text_names_a_colour():
     assert (px(augment(img, random.Random(0), "colour")) != px(augment(img, random.Random(1), "colour"))).any()
 
 
+def test_what_names_a_colour_errs_toward_yes():
+    """Case, punctuation, -ish forms and words that start with a basic term count ("bluebird":
+    turned orange, its caption is false); words that only end in a colour's letters do not."""
+    from tinyvlm.data.images import names_colour
+    for text in ("RED.", "a Grey-ish dog", "a reddish wall", "a bluish sky", "a redheaded girl",
+                 "man in bluejeans", "a bluebird", "a brunette woman", "neon vest"):
+        assert names_colour(text), text
+    assert names_colour("What colour are the balls? purple") and names_colour("A man in a Red shirt.")
+    assert names_colour("A redhead reads; the bluest sky") and names_colour("a blond boy")
+    for text in ("How many balls are there? two", "a dog on grass", "a covered tank", "two tired cats", ""):
+        assert not names_colour(text), text
+
+
+def test_colour_augment_turns_the_pictures_of_one_example_alike(tmp_path):
+    """An in-context "Do they match? yes" of two red things must stay true: the collator draws
+    one hue and saturation per example (the crop and brightness stay each picture's own)."""
+    import random
+
+    import numpy as np
+
+    from tinyvlm.config import get_preset
+    from tinyvlm.data.batches import Collator, Example
+    from tinyvlm.tokenizer import Tokenizer
+    Image.new("RGB", (32, 32), (220, 30, 30)).save(tmp_path / "red.png")
+    cfg = get_preset("nano", vit_image_size=32, lm_vocab_size=512)
+    collate = Collator(Tokenizer.train(["Do they match? yes"], 300), cfg)
+    ex = Example([str(tmp_path / "red.png")] * 2, "<image> <image> Do they match?", "yes")
+    apart = lambda a, b: min((a - b) % 256, (b - a) % 256)  # noqa: E731 - hues are a circle
+    turned = 0
+    for seed in range(5):
+        pics = collate([ex], random.Random(seed), augment_mode="colour")["images"]
+        rgb = [np.uint8((p.permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255) for p in pics]
+        hues = [Image.fromarray(a).convert("HSV").getpixel((16, 16))[0] for a in rgb]
+        assert apart(*hues) <= 2, (seed, hues)
+        turned += apart(hues[0], 2) > 20  # red's hue is ~2
+    assert turned >= 3
+
+
+def test_augment_reads_any_picture_mode_as_rgb_and_refuses_an_unknown_mode():
+    """A palette's indices, 16-bit levels or an alpha channel are not colours to scale: augment
+    reads every mode as to_rgb does, in both modes, and returns RGB."""
+    import random
+
+    import numpy as np
+
+    from tinyvlm.data.images import augment, to_rgb
+    img = _painted()
+    for im in (img.convert("P"), img.convert("L"), img.convert("RGBA"), img.convert("CMYK"),
+               Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)):
+        for mode in ("light", "colour"):
+            out = augment(im, random.Random(0), mode)
+            same = augment(to_rgb(im), random.Random(0), mode)
+            assert out.mode == "RGB" and (np.asarray(out) == np.asarray(same)).all(), (im.mode, mode)
+    with pytest.raises(TinyVLMError, match="unknown augment mode 'color'"):
+        augment(img, random.Random(0), "color")
+
+
 def test_augment_modes_in_the_config_and_on_the_command_line(tmp_path):
     """True (old runs' training.json) means light and resumes as light; a bare --augment is light."""
     from tinyvlm.cli import build_parser
@@ -190,9 +240,16 @@ def test_augment_modes_in_the_config_and_on_the_command_line(tmp_path):
         _cfg(tmp_path, "d", augment="colour").check_resumable(_cfg(tmp_path, "d", augment=True).comparable())
     with pytest.raises(TinyVLMError, match="augment must be"):
         _cfg(tmp_path, "d", augment="strong")
+    with pytest.raises(TinyVLMError, match="the saved run's augment is 'strong'"):
+        _cfg(tmp_path, "d", augment="light").check_resumable({"augment": "strong"})
     parse = lambda *a: build_parser().parse_args(["train", "--data", "d", "--out", "o", "--steps", "1", *a])  # noqa: E731
     assert parse("--augment").augment == "light" and parse("--augment", "colour").augment == "colour"
     assert parse().augment is None
+    from tinyvlm.card import model_card
+    from tinyvlm.config import get_preset
+    params = {"total": 1, "vision": 1, "connector": 1, "decoder": 1}
+    for saved, shown in ((True, "light"), ("colour", "colour")):  # an old model's card, re-saved
+        assert f"| augmentation | {shown} |" in model_card(get_preset("nano"), params, training={"augment": saved})
 
 
 def test_colour_augment_reads_each_picture_with_its_text_in_every_stage(tmp_path, monkeypatch):
@@ -202,9 +259,9 @@ def test_colour_augment_reads_each_picture_with_its_text_in_every_stage(tmp_path
     seen = []
 
     def spy(real):
-        def augment(img, rng, mode="light", text=""):
+        def augment(img, rng, mode="light", text="", colour_rng=None):
             seen.append((real.__module__, mode, text))
-            return real(img, rng, mode, text)
+            return real(img, rng, mode, text, colour_rng)
         return augment
 
     monkeypatch.setattr(batches, "augment", spy(batches.augment))
@@ -222,6 +279,28 @@ def test_colour_augment_reads_each_picture_with_its_text_in_every_stage(tmp_path
     assert any("a thing on a page." == t for t in texts)  # SigLIP: the caption
     assert any("Describe the picture." in t and "a thing on a page." in t for t in texts)  # VLM: the turns
     assert any(t.endswith("on a white page.") and "Describe" in t for t in texts)
+
+
+def test_siglip_reads_a_picture_with_every_caption_it_matches_in_the_batch(tmp_path, monkeypatch):
+    """A photo's records share its file, and SigLIP counts them all as its matches: a copy whose
+    own caption names no colour must not be turned while another record's caption says "red"."""
+    from tinyvlm.data.images import names_colour
+    from tinyvlm.train import stages
+    seen = []
+
+    def augment(img, rng, mode="light", text="", colour_rng=None):
+        seen.append(text)
+        return real(img, rng, mode, text, colour_rng)
+
+    real = stages.augment
+    monkeypatch.setattr(stages, "augment", augment)
+    pictures = make_shapes_dataset(tmp_path / "p", n=8, seed=0)
+    rows = [json.loads(l) for l in pictures.read_text().splitlines()]
+    data = pictures.parent / "twice.jsonl"  # each picture twice: its colour caption, and one naming none
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows + [{**r, "text": "a thing on a page."} for r in rows]))
+    train(_cfg(tmp_path, data, steps=4, batch_size=16, siglip=0.5, augment="colour", eval_every=100))
+    both = [t for t in seen if "a thing on a page." in t and "white page" in t]  # both records in one batch
+    assert both and all(names_colour(t) for t in both), seen
 
 
 def test_the_concept_stage_accumulates_micro_batches(tmp_path, shapes):

@@ -34,6 +34,12 @@ def _value(v) -> str:
     return str(v)
 
 
+def _setting(name: str, v) -> str:
+    if name == "augment" and v is True:  # saved before --augment took a mode: it meant light
+        return "light"
+    return _value(v)
+
+
 def model_card(cfg: VLMConfig, params: dict[str, int], *, name: str = "tinyvlm model", tasks=None,
                training: dict | None = None, figures: dict | None = None, concepts: int = 0,
                exported: str | None = None) -> str:
@@ -72,7 +78,7 @@ def model_card(cfg: VLMConfig, params: dict[str, int], *, name: str = "tinyvlm m
     lines += ["## Recipe", ""]
     if training:
         lines += ["| setting | value |", "|---|---|"]
-        lines += [f"| {what} | {_value(training[k])} |" for k, what in _RECIPE if training.get(k) not in (None, "")]
+        lines += [f"| {what} | {_setting(k, training[k])} |" for k, what in _RECIPE if training.get(k) not in (None, "")]
         lines += ["", f"Every setting is in `{TRAINING}`; `tinyvlm.train.train(TrainConfig(**json.load(open("
                   f"'{TRAINING}'))))` runs the recipe again (point `data` and `out` at your folders).", ""]
     else:

@@ -141,8 +141,9 @@ class Collator:
     def __call__(self, examples: list[Example], rng: random.Random | None = None,
                  pixels: bool = True, augment_mode: str = "light") -> dict[str, torch.Tensor]:
         """With `rng`, each picture is jittered (images.augment, in `augment_mode`, read with its
-        example's text). With `pixels` False, "images" is None: the caller has the pictures'
-        encodings already."""
+        example's text; in colour mode an example's pictures share one hue and saturation draw, so
+        that what the text says of their colours together, "same" or "not", stays true). With
+        `pixels` False, "images" is None: the caller has the pictures' encodings already."""
         seqs, labels, images = [], [], []
         for ex in examples:
             enc = self.tok.encode_conversation(ex.turns(), [self.image_tokens] * len(ex.images))
@@ -158,9 +159,12 @@ class Collator:
             seqs.append(ids[:-1])
             labels.append([t if keep else IGNORE for t, keep in zip(ids[1:], learn[1:])])
             text = " ".join(t for _, t in ex.turns()) if rng is not None else ""
+            turn = rng.random() if rng is not None and augment_mode == "colour" else None
             for p in ex.images if pixels else ():
                 img = self.images.get(p)
-                images.append(to_tensor(augment(img, rng, augment_mode, text) if rng is not None else img))
+                if rng is not None:
+                    img = augment(img, rng, augment_mode, text, None if turn is None else random.Random(turn))
+                images.append(to_tensor(img))
         T = max(len(s) for s in seqs)
         input_ids = torch.full((len(seqs), T), PAD_ID, dtype=torch.long)
         label_t = torch.full((len(seqs), T), IGNORE, dtype=torch.long)

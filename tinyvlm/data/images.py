@@ -139,22 +139,30 @@ def fit_square(img: Image.Image, size: int, fit: Fit = "pad") -> Image.Image:
 # Berlin & Kay's eleven basic colour terms of English (Basic Color Terms, 1969), their spellings
 # and plurals, the words that ask for or describe colour, and the other colours common in
 # Flickr8k's captions. An English language fact, not a dataset's: the core keeps it.
-COLOUR_WORDS = frozenset("""
-    black white red green yellow blue brown orange pink purple grey gray
+BASIC_COLOURS = ("black", "white", "red", "green", "yellow", "blue", "brown", "orange", "pink", "purple",
+                 "grey", "gray")
+COLOUR_WORDS = frozenset(BASIC_COLOURS) | frozenset("""
     blacks whites reds greens yellows blues browns oranges pinks purples greys grays
+    bluish purplish whitish orangish
     colour color colours colors coloured colored colourful colorful multicoloured multicolored
-    blond blonde blondes gold golden silver tan beige khaki maroon violet navy turquoise teal
-    lavender crimson scarlet cream rainbow camouflage
+    blond blonde blondes brunette brunettes auburn gold golden silver copper bronze tan beige khaki
+    maroon burgundy violet navy turquoise teal aqua cyan magenta fuchsia lavender crimson scarlet
+    emerald lime peach cream neon rainbow camouflage
 """.split())
 AUGMENTS = ("light", "colour")  # --augment MODE; bare --augment is light
 
 
 def names_colour(text: str) -> bool:
-    """Does `text` name a colour (any word of COLOUR_WORDS, case and punctuation ignored)?"""
-    return not COLOUR_WORDS.isdisjoint(words(text))
+    """Does `text` name a colour? True when a word (case and punctuation ignored; English, ASCII
+    letters) is one of COLOUR_WORDS or starts with a basic term: "RED." and "Grey-ish" count, and
+    so do "reddish", "redheaded", "bluejeans" and "bluebird" (a bluebird turned orange makes its
+    caption false). The rule errs toward yes: a wrong yes ("greenhouse", "reduce") only skips one
+    colour jitter, a wrong no teaches the model a false caption."""
+    return any(w in COLOUR_WORDS or w.startswith(BASIC_COLOURS) for w in words(text))
 
 
-def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str = "") -> Image.Image:
+def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str = "",
+            colour_rng: random.Random | None = None) -> Image.Image:
     """Meaning-preserving jitter, drawn from `rng`: small scale/shift and brightness. No flips: the
     captions say 'left of' and 'right of', and a flip would make them false.
 
@@ -164,7 +172,18 @@ def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str
     but only when `text`, what the picture is read with this time (the caption, the question and
     answer, the conversation; "" for none), names no colour (`names_colour`): "a red ball" stays
     red. Grey, black and white stay as they are (no saturation to rotate). Otherwise the draws
-    and the result are exactly those of the light jitter."""
+    and the result are exactly those of the light jitter.
+
+    `colour_rng`, when given, draws the hue and saturation instead of `rng`. The collator passes
+    one seeded per example, so that all its pictures turn alike: two red things of an in-context
+    "Do they match? yes" stay one colour.
+
+    Any PIL image (greyscale, palette, RGBA, 16-bit ...) is read as `to_rgb` reads it; the result
+    is 8-bit RGB. An unknown `mode` raises TinyVLMError."""
+    if mode not in AUGMENTS:
+        raise TinyVLMError(f"unknown augment mode {mode!r}: use {' or '.join(AUGMENTS)}")
+    if img.mode != "RGB":  # brightness scales values: a palette's indices or 16-bit levels are not colours
+        img = to_rgb(img)
     w, h = img.size
     s = rng.uniform(0.9, 1.0)
     cw, ch = int(w * s), int(h * s)
@@ -174,8 +193,9 @@ def augment(img: Image.Image, rng: random.Random, mode: str = "light", text: str
     img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
     if mode == "colour" and not names_colour(text):
         hsv = np.asarray(img.convert("HSV"), dtype=np.float32)
-        hsv[..., 0] = (hsv[..., 0] + rng.uniform(0, 256)) % 256
-        hsv[..., 1] *= rng.uniform(0.6, 1.4)
+        draw = colour_rng or rng
+        hsv[..., 0] = (hsv[..., 0] + draw.uniform(0, 256)) % 256
+        hsv[..., 1] *= draw.uniform(0.6, 1.4)
         img = Image.fromarray(hsv.clip(0, 255).astype(np.uint8), "HSV").convert("RGB")
     return img
 

@@ -177,7 +177,12 @@ class TrainConfig:
         """Refuse to resume a run saved with a different config (fields added since count as their
         default)."""
         defaults, now = {f.name: f.default for f in fields(self)}, self.comparable()
-        saved = {**saved, **({"augment": augment_mode(saved["augment"])} if "augment" in saved else {})}
+        if "augment" in saved:
+            try:
+                saved = {**saved, "augment": augment_mode(saved["augment"])}
+            except TinyVLMError:  # a hand-edited state.json: say whose value it is
+                raise TinyVLMError(f"cannot resume: the saved run's augment is {saved['augment']!r}, which this "
+                                   f"tinyvlm does not know (false, true or one of {', '.join(AUGMENTS)})") from None
         diff = [k for k in sorted(now) if saved.get(k, defaults.get(k)) != now[k]
                 and not (k == "tasks" and tuple(saved.get(k, ())) == now[k])]
         if diff:

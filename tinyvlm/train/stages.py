@@ -261,8 +261,11 @@ class SigLIPStage(EncoderStage):
         ids = torch.tensor([i for c in captions for i in c], device=device)
         paths = [r.images[0] for r in batch]
         same = torch.tensor([[a == b for b in paths] for a in paths], device=device)
+        # a picture is read with every caption it matches here, so --augment colour never turns a
+        # photo whose other record in the batch says "a brown dog"
+        read_with = [" ".join(t for t, q in zip(texts, paths) if q == p) for p in paths]
         with self.trainer.autocast():
-            return net(self.pixels(batch, rngs if train else None, texts), ids, offsets, same)
+            return net(self.pixels(batch, rngs if train else None, read_with), ids, offsets, same)
 
     def forward(self, records: Records, micro: int):
         batch, rngs = self.next_batch(records)
