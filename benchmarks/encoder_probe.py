@@ -248,7 +248,8 @@ def icl_set(folders: list[str], size: int, max_pairs: int) -> dict:
             raise TinyVLMError(f"{f}: not an episode folder of tinyvlm data icl (no {INFO_FILE})")
         info = read_json(folder / INFO_FILE)
         with tempfile.TemporaryDirectory() as tmp:
-            built = Pictures(Path(tmp), info["size"], info["seed"], info.get("per_kind", 40), info.get("scenes", 400))
+            built = Pictures(Path(tmp), info["size"], info["seed"], info.get("per_kind", 40), info.get("scenes", 400),
+                             info.get("drawings", 2))
             probe = built.scenes[0][0]
             if not torch.equal(preprocess(Path(tmp) / probe, size), preprocess(folder / probe, size)):
                 raise TinyVLMError(f"{f}: its pictures are not what its seed rebuilds (made by another version?)")

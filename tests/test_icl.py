@@ -6,6 +6,7 @@ ask --shot)."""
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,6 +83,26 @@ def test_held_out_invented_names_never_appear_in_training_episodes(tmp_path):
     assert len(seen) > 30 and len(held) > 30
     assert not seen & held
     assert not any(icl.held_out_word(w) for w in seen) and all(icl.held_out_word(w) for w in held)
+
+
+def test_drawings_sets_the_pictures_of_each_digit_pair_and_the_default_keeps_old_folders(tmp_path):
+    from tinyvlm.errors import TinyVLMError
+    common = dict(n=12, seed=5, shots=(2, 4), families=("operator",), size=32, per_kind=6, scenes=2)
+    icl.write_episodes(tmp_path / "two", **common)
+    icl.write_episodes(tmp_path / "five", drawings=5, **common)
+    sums = lambda d: sorted(p.name for p in (tmp_path / d).glob("sum-*.png"))
+    assert len(sums("two")) == 55 * 2 and len(sums("five")) == 55 * 5
+    assert json.loads((tmp_path / "five" / "icl.json").read_text())["drawings"] == 5
+    used = {p for r in open_records(tmp_path / "five" / "episodes.jsonl") for p in r.images}
+    assert any(Path(p).stem.endswith(("-2", "-3", "-4")) for p in used)  # episodes draw from all of them
+    # the default rebuilds a folder made before the option: the same pictures, byte for byte
+    old = tmp_path / "old"
+    old.mkdir()
+    pics = icl.Pictures(old, 32, 5, 6, 2)
+    assert all((old / n).read_bytes() == (tmp_path / "two" / n).read_bytes() for n in sums("two"))
+    assert len(pics.sums[9, 0]) == 2
+    with pytest.raises(TinyVLMError, match="drawings"):
+        icl.write_episodes(tmp_path / "zero", drawings=0, **common)
 
 
 def test_episodes_round_trip_and_the_loss_falls_on_determined_answers_only(pictures):

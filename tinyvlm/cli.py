@@ -130,7 +130,8 @@ def cmd_data_icl(a):
     from .world.icl import FAMILIES, write_episodes
     families = tuple(a.families.split(",")) if a.families else FAMILIES
     out = write_episodes(a.out, n=a.n, seed=a.seed, shots=_shot_range(a.shots), families=families,
-                         held_out=a.held_out, size=a.size, per_kind=a.per_kind, scenes=a.scenes, ease=a.ease)
+                         held_out=a.held_out, size=a.size, per_kind=a.per_kind, scenes=a.scenes, ease=a.ease,
+                         drawings=a.drawings)
     print(f"wrote {a.n} episodes to {out}")
 
 
@@ -408,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-kind", type=int, default=40, dest="per_kind",
                    help="pictures of each kind of thing the binding and matching episodes draw from")
     s.add_argument("--scenes", type=int, default=400, help="whole scenes the count episodes draw from")
+    s.add_argument("--drawings", type=int, default=2,
+                   help="pictures of each digit pair (a >= b) the operator episodes draw from")
     s.add_argument("--ease", type=float, default=0.0, metavar="SHARE",
                    help="share of binding episodes that show one picture a kind (copying before kinds: a first lesson)")
     s.add_argument("--seed", type=int, default=0, help="seed of the pictures and episodes (episode i comes from (seed, i))")

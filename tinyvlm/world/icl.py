@@ -92,7 +92,7 @@ class Pictures:
     """The pictures episodes draw from, written once beside the episodes: single things (binding,
     matching), whole scenes (count) and sums (operator), flat in the folder."""
 
-    def __init__(self, out: Path, size: int, seed: int, per_kind: int, scenes: int):
+    def __init__(self, out: Path, size: int, seed: int, per_kind: int, scenes: int, drawings: int = 2):
         self.out, self.size = out, size
         rng = random.Random(f"tinyvlm-icl-pictures:{seed}")
         self.single: dict[str, list[tuple[str, dict]]] = {k: [] for k in KINDS}
@@ -117,7 +117,7 @@ class Pictures:
         for a in range(10):
             for b in range(a + 1):  # a >= b: a - b stays a whole number a child knows
                 paths = []
-                for v in range(2):
+                for v in range(drawings):
                     path = f"sum-{a}{b}-{v}.png"
                     draw_sum(a, b, size, rng).save(out / path)
                     paths.append(path)
@@ -215,11 +215,13 @@ def make_episode(family: str, rng: random.Random, pics: Pictures, k: int, held_o
 
 def write_episodes(out_dir: str, n: int, seed: int = 0, shots: tuple[int, int] = (0, 8),
                    families: tuple[str, ...] = FAMILIES, held_out: bool = False, size: int = 64,
-                   per_kind: int = 40, scenes: int = 400, ease: float = 0.0) -> Path:
+                   per_kind: int = 40, scenes: int = 400, ease: float = 0.0, drawings: int = 2) -> Path:
     """n episodes (families in turn, each with lo..hi support shots drawn from its own generator)
     and their pictures into out_dir: *.png, episodes.jsonl, icl.json. `held_out` draws invented
     names from the held-out word list (for evaluation); `ease`, the share of binding episodes that
-    show one picture a kind (binding's docstring). Returns the episodes file."""
+    show one picture a kind (binding's docstring); `drawings`, the pictures of each digit pair the
+    operator episodes draw from (an encoder trained through few drawings can learn them by heart
+    rather than learn to read digits: docs/icl.md). Returns the episodes file."""
     check_range("n", n, 1, MAX_COUNT, integer=True, note="episodes")
     check_seed("seed", seed)
     check_range("size", size, 32, 512, integer=True, note="image size, in pixels")
@@ -228,12 +230,13 @@ def write_episodes(out_dir: str, n: int, seed: int = 0, shots: tuple[int, int] =
     check_range("shots", hi, lo, 64, integer=True, note="the most support shots, >= the fewest")
     check_range("per_kind", per_kind, hi + 2, 10_000, integer=True, note="pictures of each kind: shots + 2 at least")
     check_range("scenes", scenes, 1, 1_000_000, integer=True)
+    check_range("drawings", drawings, 1, 1_000, integer=True, note="pictures of each digit pair")
     check_range("ease", ease, 0, 1, note="a share of the binding episodes")
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
         raise TinyVLMError(f"unknown episode families {bad}: choose from {', '.join(FAMILIES)}")
     with atomic_dir(Path(out_dir), OWNED, "tinyvlm in-context episodes") as out:
-        pics = Pictures(out, size, seed, per_kind, scenes)
+        pics = Pictures(out, size, seed, per_kind, scenes, drawings)
         records = []
         for i in range(n):
             rng = random.Random(f"tinyvlm-icl:{seed}:{i}")
@@ -241,6 +244,6 @@ def write_episodes(out_dir: str, n: int, seed: int = 0, shots: tuple[int, int] =
             records.append(make_episode(family, rng, pics, rng.randint(lo, hi), held_out, ease).to_record())
         write_jsonl(records, out / EPISODES_FILE)
         info = {"n": n, "seed": seed, "shots": [lo, hi], "families": list(families), "held_out": held_out,
-                "size": size, "per_kind": per_kind, "scenes": scenes, "ease": ease}
+                "size": size, "per_kind": per_kind, "scenes": scenes, "ease": ease, "drawings": drawings}
         (out / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
     return Path(out_dir) / EPISODES_FILE
