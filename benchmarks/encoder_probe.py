@@ -55,6 +55,7 @@ from tinyvlm.checkpoint import RUN_CHECKPOINT, read_json
 from tinyvlm.concepts import caption_words
 from tinyvlm.config import VLMConfig
 from tinyvlm.data.dataset import open_records
+from tinyvlm.data.episodes import Episode
 from tinyvlm.data.records import read_jsonl
 from tinyvlm.data.images import preprocess
 from tinyvlm.errors import TinyVLMError
@@ -265,21 +266,17 @@ def icl_set(folders: list[str], size: int, max_pairs: int) -> dict:
             family = (r.extra.get("icl") or {}).get("family")
             images = [str(i) for i in r.images]
             if family == "count":
-                for img, (q, ans) in zip(images, _exchanges(r)):
-                    attr, _, value = q.partition(": ")
-                    sets["shot"].append((pic(folder, img), COUNT_KEYS.index((attr, value)), int(ans)))
+                episode = Episode.from_record(r)
+                for shot in (*episode.support, episode.query):
+                    attr, _, value = shot.question.partition(": ")
+                    sets["shot"].append((pic(folder, str(shot.images[0])), COUNT_KEYS.index((attr, value)),
+                                         int(shot.answer)))
             elif family == "matching" and len(sets["pair"]) < max_pairs:
                 for a, b in zip(images[::2], images[1::2]):
                     sa, sb = single[Path(a).name], single[Path(b).name]
                     sets["pair"].append((pic(folder, a), pic(folder, b), int(sa["kind"] == sb["kind"]),
                                          int(sa["colour"] == sb["colour"])))
     return {"pixels": torch.stack(pics), **sets}
-
-
-def _exchanges(r) -> list[tuple[str, str]]:
-    """(question, answer) of each shot and the query: user turns without their picture markers."""
-    turns = [(role, text.replace("<image>", "").strip()) for role, text in r.turns]
-    return [(q, a) for (_, q), (_, a) in zip(turns[::2], turns[1::2])]
 
 
 def _pick(f: torch.Tensor, how: str) -> torch.Tensor:
