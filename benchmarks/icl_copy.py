@@ -111,8 +111,10 @@ def make_episode(family: str, rng: random.Random, k: int, held_out: bool, pool: 
 
 
 def shuffled(rng: random.Random, turns: list) -> list:
-    """The support answers deranged among the support shots (every answer moves where it can; the
-    query keeps its own), the eval suite's shuffled baseline in text."""
+    """The support answers deranged among the support shots (every answer moves to another shot;
+    the query keeps its own). Like the eval suite's baseline (Episode.shuffled), but a derangement
+    of places, not of values: a shot may get an equal answer from another. The figures in
+    docs/icl.md were measured with this one; move to Episode.shuffled when they are run again."""
     answers = [t[1] for t in turns[1:-2:2]]
     order = list(range(len(answers)))
     for _ in range(100):
